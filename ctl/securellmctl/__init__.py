@@ -1,0 +1,1 @@
+"""securellmctl: the command-line client of the securellm-bridge control plane."""

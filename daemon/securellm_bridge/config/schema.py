@@ -1,0 +1,64 @@
+"""The configuration schema: frozen dataclasses, one per TOML table.
+
+Every key is documented in docs/CONFIG.md and packaging/config.example.toml; keep all three
+in step. Defaults are what a packaged install under systemd expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from . import checks
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: the HTTPS inference listener."""
+
+    listen: str = field(default="127.0.0.1:8443", metadata={"check": checks.listen_address})
+    #: On SIGTERM, how long in-flight work may take before the daemon exits anyway.
+    drain_timeout_seconds: float = field(default=30.0, metadata={"check": checks.non_negative})
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return checks.parse_listen(self.listen)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """``[control]``: the gRPC control socket used by securellmctl."""
+
+    socket: str = field(default="/run/securellm/control.sock", metadata={"check": checks.absolute_path})
+    socket_mode: str = field(default="0660", metadata={"check": checks.octal_mode})
+    socket_group: str | None = field(default=None, metadata={"check": checks.non_empty})
+
+    @property
+    def mode(self) -> int:
+        return int(self.socket_mode, 8)
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """``[state]``: where SQLite and other persistent state live."""
+
+    dir: str = field(default="/var/lib/securellm", metadata={"check": checks.absolute_path})
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``."""
+
+    level: LogLevel = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration file."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    log: LogConfig = field(default_factory=LogConfig)

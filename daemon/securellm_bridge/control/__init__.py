@@ -1,0 +1,1 @@
+"""The control plane: gRPC services on a Unix socket, one module per service."""

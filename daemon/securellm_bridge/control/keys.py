@@ -1,0 +1,36 @@
+"""``securellm.control.v1.Keys``."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from .._pb import keys_pb2, keys_pb2_grpc
+from ..security.keys import KeyService
+from .convert import api_key
+
+log = logging.getLogger(__name__)
+
+
+class KeysServicer(keys_pb2_grpc.KeysServicer):
+    def __init__(self, keys: KeyService) -> None:
+        self._keys = keys
+
+    async def Create(self, request: keys_pb2.CreateKeyRequest,
+                     context: grpc.aio.ServicerContext) -> keys_pb2.CreateKeyResponse:
+        new = await self._keys.create(request.owner, tuple(request.allowed_models))
+        log.info("API key %s created for owner %s", new.record.id, new.record.owner,
+                 extra={"SECURELLM_KEY_ID": new.record.id})
+        return keys_pb2.CreateKeyResponse(key=api_key(new.record), secret=new.plaintext)
+
+    async def List(self, request: keys_pb2.ListKeysRequest,
+                   context: grpc.aio.ServicerContext) -> keys_pb2.ListKeysResponse:
+        rows = [r for r in self._keys.list() if request.include_revoked or not r.revoked]
+        return keys_pb2.ListKeysResponse(keys=[api_key(r) for r in rows])
+
+    async def Revoke(self, request: keys_pb2.RevokeKeyRequest,
+                     context: grpc.aio.ServicerContext) -> keys_pb2.RevokeKeyResponse:
+        row = await self._keys.revoke(request.id)
+        log.info("API key %s revoked", row.id, extra={"SECURELLM_KEY_ID": row.id})
+        return keys_pb2.RevokeKeyResponse(key=api_key(row))

@@ -1,0 +1,90 @@
+"""The gRPC server on the control Unix socket.
+
+The socket is bound under a restrictive umask (0600), then given the configured mode and
+group, so it is never reachable by others even for an instant. grpc exposes no peer
+credentials on Unix sockets, so the file's mode and group are the access control.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .._pb import keys_pb2, keys_pb2_grpc, system_pb2, system_pb2_grpc
+from ..config.schema import ControlConfig
+from ..errors import StateError
+from .errors import ErrorInterceptor
+from .keys import KeysServicer
+from .system import SystemServicer
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+SERVICE_NAMES = (
+    system_pb2.DESCRIPTOR.services_by_name["System"].full_name,
+    keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name,
+)
+
+
+class ControlServer:
+    def __init__(self, cfg: ControlConfig, runtime: "Runtime") -> None:
+        self.cfg = cfg
+        self.health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+                                       options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
+        system_pb2_grpc.add_SystemServicer_to_server(SystemServicer(runtime), self._server)
+        keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(runtime.keys), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.cfg.socket}"
+
+    async def start(self) -> None:
+        path = Path(self.cfg.socket)
+        gid = _group_id(self.cfg.socket_group)
+        try:
+            path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create control socket directory {path.parent}: {exc}") from None
+        if path.exists() and not path.is_socket():
+            raise StateError(f"control socket path {path} exists and is not a socket")
+        old = os.umask(0o177)
+        try:
+            self._server.add_insecure_port(self.address)
+            await self._server.start()
+        except RuntimeError as exc:
+            raise StateError(f"cannot bind control socket {path}: {exc}") from None
+        finally:
+            os.umask(old)
+        if gid is not None:
+            os.chown(path, -1, gid)
+        os.chmod(path, self.cfg.mode)
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls, let in-flight ones finish for up to ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        try:
+            Path(self.cfg.socket).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _group_id(name: str | None) -> int | None:
+    if name is None:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise StateError(f"control.socket_group: no group named {name!r} on this host") from None

@@ -1,0 +1,75 @@
+"""Logging: to journald with structured fields under systemd, else to stderr.
+
+Records pass through a queue to a listener thread, so a slow or stuck journald can never
+block the event loop. Structured fields are given as ``extra={"SECURELLM_FOO": value}``;
+journald stores them as fields, the stderr format appends them as ``key=value``.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import queue
+import sys
+
+IDENTIFIER = "securellm-bridged"
+_listener: logging.handlers.QueueListener | None = None
+
+
+def under_journald() -> bool:
+    """True when stderr is connected to the journal (systemd sets ``JOURNAL_STREAM``)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = stream.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+class _StderrFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        fields = [f"{k[10:].lower()}={v}" for k, v in record.__dict__.items() if k.startswith("SECURELLM_")]
+        return f"{base} [{' '.join(fields)}]" if fields else base
+
+
+def _sink() -> logging.Handler:
+    if under_journald():
+        from systemd.journal import JournalHandler
+
+        return JournalHandler(SYSLOG_IDENTIFIER=IDENTIFIER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StderrFormatter())
+    return handler
+
+
+def setup(level: str) -> None:
+    """Install the queue handler on the root logger (idempotent)."""
+    global _listener
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    if _listener is not None:
+        return
+    q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    root.handlers[:] = [logging.handlers.QueueHandler(q)]
+    _listener = logging.handlers.QueueListener(q, _sink(), respect_handler_level=False)
+    _listener.start()
+
+
+def set_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
+
+
+def shutdown() -> None:
+    """Flush queued records and stop the listener thread."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None

@@ -1,0 +1,103 @@
+"""``securellm-bridged``: parse arguments, load the config, run the daemon until a signal.
+
+Exit codes: 0 after a clean stop, 1 when start-up fails, 2 for an invalid configuration
+or invalid arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+import uvloop
+
+from . import __version__, config, logs
+from .errors import BridgeError, ConfigErrors
+from .lifecycle import Notifier, run_watchdog, watchdog_interval
+from .runtime import Runtime
+
+log = logging.getLogger("securellm_bridge")
+
+#: Set by tests only: SIGUSR2 then blocks the event loop, to prove the watchdog catches a hang.
+TEST_HOOKS_ENV = "SECURELLM_TEST_HOOKS"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="securellm-bridged", description="The securellm-bridge daemon.")
+    p.add_argument("--config", metavar="PATH",
+                   help=f"config file (default: ${config.ENV_VAR}, else {config.DEFAULT_PATH})")
+    p.add_argument("--version", action="version", version=f"securellm-bridged {__version__}")
+    return p.parse_args(argv)
+
+
+async def serve(loaded: config.LoadedConfig) -> int:
+    loop = asyncio.get_running_loop()
+    notifier = Notifier()
+    runtime = Runtime(loaded, notifier)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runtime.start()
+    except BridgeError as exc:
+        log.error("start-up failed: %s", exc)
+        await runtime.stop()
+        return 1
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_on_sighup(runtime)))
+    if os.environ.get(TEST_HOOKS_ENV) == "1":
+        loop.add_signal_handler(signal.SIGUSR2, _hang_event_loop)
+    watchdog = None
+    interval = watchdog_interval()
+    if interval is not None:
+        watchdog = asyncio.create_task(run_watchdog(notifier, interval), name="watchdog")
+    notifier.ready(runtime.status_line())
+    log.info("securellm-bridged %s ready (pid %d)", __version__, os.getpid())
+    await stop.wait()
+    notifier.stopping()
+    log.info("stopping: draining in-flight work for up to %.1f s", runtime.config.server.drain_timeout_seconds)
+    await runtime.stop()
+    if watchdog is not None:
+        watchdog.cancel()
+    log.info("stopped")
+    return 0
+
+
+async def _on_sighup(runtime: Runtime) -> None:
+    runtime.notifier.reloading()
+    try:
+        await runtime.reload()
+    except ConfigErrors as exc:
+        log.error("reload failed; keeping the previous configuration:\n%s", exc)
+    except Exception:
+        log.exception("reload failed; keeping the previous configuration")
+    runtime.notifier.ready(runtime.status_line())
+
+
+def _hang_event_loop() -> None:
+    log.warning("test hook: blocking the event loop")
+    while True:
+        time.sleep(3600)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = config.resolve_path(args.config)
+    try:
+        loaded = config.load(path)
+    except ConfigErrors as exc:
+        print(f"securellm-bridged: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    logs.setup(loaded.config.log.level)
+    try:
+        return uvloop.run(serve(loaded))
+    finally:
+        logs.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The Runtime owns every service object of the daemon and applies configuration changes.
+
+Both planes call into the same objects held here. ``reload()`` validates the new file
+completely before anything changes; then it swaps the config in one assignment and applies
+the keys that can change live. Keys that need a restart are reported, not half-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import config as config_mod
+from . import logs
+from .config import LoadedConfig
+from .control.server import ControlServer
+from .lifecycle import Notifier
+from .security.keys import KeyService
+from .store import Database
+
+log = logging.getLogger(__name__)
+
+#: Config keys that are read once at start; a change is reported and needs a restart.
+RESTART_KEYS = ("server.listen", "control.socket", "control.socket_mode", "control.socket_group", "state.dir")
+KEY_FLUSH_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    path: str
+    applied: tuple[str, ...]
+    restart_required: tuple[str, ...]
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(_flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def changed_keys(old: config_mod.Config, new: config_mod.Config) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+class Runtime:
+    def __init__(self, loaded: LoadedConfig, notifier: Notifier) -> None:
+        self.loaded = loaded
+        self.notifier = notifier
+        self.state = "starting"
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.config_loaded_at = self.started_at
+        self.listeners: list[tuple[str, str, str]] = []
+        self.db: Database | None = None
+        self.keys: KeyService
+        self.control: ControlServer | None = None
+        self._reload_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def config(self) -> config_mod.Config:
+        return self.loaded.config
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.notifier.status("Opening state database")
+        self.db = await Database.open(cfg.state.dir)
+        self.keys = KeyService(self.db)
+        await self.keys.load()
+        self.notifier.status("Binding control socket")
+        self.control = ControlServer(cfg.control, self)
+        await self.control.start()
+        self.listeners.append(("control", self.control.address, "grpc"))
+        self._tasks.append(asyncio.create_task(self._flush_keys_periodically(), name="key-flush"))
+        self.state = "ready"
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.keys.counts())
+
+    def status_line(self) -> str:
+        where = ", ".join(addr for _, addr, _ in self.listeners)
+        return f"Ready: serving {where}"
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the config file; raises ConfigErrors (old config stays) when invalid."""
+        async with self._reload_lock:
+            path = self.loaded.path
+            loop = asyncio.get_running_loop()
+            new = await loop.run_in_executor(None, config_mod.load, path)
+            changed = changed_keys(self.config, new.config)
+            restart = tuple(k for k in changed if k in RESTART_KEYS)
+            applied = tuple(k for k in changed if k not in RESTART_KEYS)
+            self.loaded = new
+            self.config_loaded_at = time.time()
+            logs.set_level(new.config.log.level)
+            if restart:
+                log.warning("config keys changed that take effect only after a restart: %s", ", ".join(restart))
+            log.info("configuration reloaded from %s (%d keys changed)", path, len(changed))
+            return ReloadResult(path, applied, restart)
+
+    async def stop(self) -> None:
+        self.state = "stopping"
+        grace = self.config.server.drain_timeout_seconds
+        if self.control is not None:
+            await self.control.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.db is not None:
+            await self.keys.flush()
+            await self.db.close()
+
+    async def _flush_keys_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(KEY_FLUSH_INTERVAL_S)
+            try:
+                await self.keys.flush()
+            except Exception:
+                log.exception("flushing key usage failed; will retry")

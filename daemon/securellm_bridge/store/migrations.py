@@ -1,0 +1,22 @@
+"""Versioned schema migrations. Append only: never edit a migration that has shipped.
+
+``PRAGMA user_version`` records how many have been applied.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: API keys (only the SHA-256 of a key is stored, never the key).
+    """
+    CREATE TABLE api_keys (
+        id             TEXT PRIMARY KEY,
+        key_sha256     TEXT NOT NULL UNIQUE,
+        owner          TEXT NOT NULL,
+        allowed_models TEXT NOT NULL DEFAULT '[]',
+        created_at     REAL NOT NULL,
+        last_used_at   REAL,
+        revoked        INTEGER NOT NULL DEFAULT 0,
+        revoked_at     REAL
+    );
+    """,
+)
