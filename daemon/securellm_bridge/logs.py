@@ -50,11 +50,18 @@ def _sink() -> logging.Handler:
     return handler
 
 
+APP_LOGGER = "securellm_bridge"
+
+
 def setup(level: str) -> None:
-    """Install the queue handler on the root logger (idempotent)."""
+    """Install the queue handler on the root logger (idempotent).
+
+    ``[log] level`` applies to the daemon's own loggers; libraries log warnings and up.
+    """
     global _listener
     root = logging.getLogger()
-    root.setLevel(level.upper())
+    root.setLevel(logging.WARNING)
+    set_level(level)
     if _listener is not None:
         return
     q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
@@ -64,7 +71,7 @@ def setup(level: str) -> None:
 
 
 def set_level(level: str) -> None:
-    logging.getLogger().setLevel(level.upper())
+    logging.getLogger(APP_LOGGER).setLevel(level.upper())
 
 
 def shutdown() -> None:

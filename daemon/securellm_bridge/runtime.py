@@ -101,12 +101,12 @@ class Runtime:
             changed = changed_keys(self.config, new.config)
             restart = tuple(k for k in changed if k in RESTART_KEYS)
             applied = tuple(k for k in changed if k not in RESTART_KEYS)
-            self.loaded = new
-            self.config_loaded_at = time.time()
-            logs.set_level(new.config.log.level)
             if restart:
                 log.warning("config keys changed that take effect only after a restart: %s", ", ".join(restart))
             log.info("configuration reloaded from %s (%d keys changed)", path, len(changed))
+            self.loaded = new
+            self.config_loaded_at = time.time()
+            logs.set_level(new.config.log.level)
             return ReloadResult(path, applied, restart)
 
     async def stop(self) -> None:

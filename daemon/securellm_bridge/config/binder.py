@@ -101,9 +101,6 @@ class Binder:
                 return self._bad(key, f"expected a table, got {_describe(value)}")
             out = {k: self.convert(args[1], v, _join(key, k)) for k, v in value.items()}
             return _MISSING if any(v is _MISSING for v in out.values()) else out
-        if dataclasses.is_dataclass(tp):
-            built = self.bind(tp, value, key)  # type: ignore[arg-type]
-            return _MISSING if built is None else built
         if tp is Secret:
             if not isinstance(value, str) or not value:
                 return self._bad(key, "expected a non-empty string: ${ENV_VAR}, cred:NAME, file:/path or a literal")
@@ -113,6 +110,9 @@ class Binder:
                 return resolve_secret(value, self.env)
             except SecretResolutionError as exc:
                 return self._bad(key, str(exc))
+        if dataclasses.is_dataclass(tp):
+            built = self.bind(tp, value, key)  # type: ignore[arg-type]
+            return _MISSING if built is None else built
         if tp is bool:
             if isinstance(value, bool):
                 return value

@@ -16,8 +16,8 @@ def parse_listen(value: str) -> tuple[str, int]:
         host, sep, port = value.rpartition(":")
         if not sep or not host:
             raise ValueError("expected \"HOST:PORT\", e.g. \"127.0.0.1:8443\"")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected a port between 1 and 65535, got {port!r}")
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected a port between 0 (any free port) and 65535, got {port!r}")
     return host, int(port)
 
 

@@ -1,0 +1,1 @@
+"""Local model backends: GGUF metadata, memory estimation and llama-server supervision."""

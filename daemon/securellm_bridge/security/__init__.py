@@ -1,0 +1,1 @@
+"""Security building blocks of the daemon (transport security, content protection)."""
