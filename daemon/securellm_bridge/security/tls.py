@@ -12,7 +12,8 @@ Reload (SIGHUP): asyncio and aiohttp servers take their SSLContext once, when th
 (whether or not the client sends SNI), moves the new connection onto ``holder.current``.
 :meth:`ContextHolder.swap` installs a freshly built context, so every handshake after it
 sees the new certificate, key, CA bundle and CRL. Existing connections keep the context
-they were established with until they close.
+they were established with until they close. Sessions are never resumed, so a client that
+a reload revoked or stopped trusting cannot come back on a session from before it.
 
 Per-connection verification settings (verify mode and flags such as CRL checking) are
 copied from the *bound* context when a connection is created, before the SNI callback
