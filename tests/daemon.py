@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from securellmctl.certs import CertSet, init_dir
+
 from . import tomlw
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,12 +73,14 @@ class NotifyListener:
         self._thread.join(timeout=2)
 
 
-def base_config(run_dir: Path, state_dir: Path) -> dict[str, Any]:
+def base_config(run_dir: Path, state_dir: Path, certs: CertSet) -> dict[str, Any]:
     return {
         "server": {"listen": "127.0.0.1:0", "drain_timeout_seconds": 5},
         "control": {"socket": str(run_dir / "control.sock")},
         "state": {"dir": str(state_dir)},
         "log": {"level": "debug"},
+        "security": {"tls": {"cert_path": str(certs.server_cert), "key_path": str(certs.server_key),
+                             "client_ca_path": str(certs.ca_cert)}},
     }
 
 
@@ -90,7 +94,8 @@ class Daemon:
         os.chmod(self.run_dir, 0o755)
         self.state_dir = workdir / "state"
         self.config_path = workdir / "config.toml"
-        self.config = config if config is not None else base_config(self.run_dir, self.state_dir)
+        self.certs = init_dir(workdir / "certs")
+        self.config = config if config is not None else base_config(self.run_dir, self.state_dir, self.certs)
         self.write_config(self.config)
         self.env = dict(env or {})
         self.proc: subprocess.Popen[str] | None = None

@@ -20,8 +20,21 @@ def _problems(text: str, file: str = "/etc/securellm/config.toml") -> dict[str, 
     return {e.key: e.message for e in info.value.errors}
 
 
+PLAIN = "[security.tls]\nenabled = false\n"
+
+
+def test_tls_must_be_configured_or_disabled_explicitly() -> None:
+    p = _problems("")
+    assert "security.tls" in p and "cert_path, key_path, client_ca_path" in p["security.tls"]
+    assert "enabled = false" in p["security.tls"]
+    p = _problems('[security.tls]\ncert_path = "/c"\nkey_path = "/k"\n')
+    assert "client_ca_path" in p["security.tls"] and "cert_path" not in p["security.tls"]
+    cfg = parse_text('[security.tls]\ncert_path = "/c"\nkey_path = "/k"\nrequire_client_cert = false\n', "x")
+    assert cfg.security.tls.enabled and not cfg.security.tls.require_client_cert
+
+
 def test_defaults_and_frozen() -> None:
-    cfg = parse_text("", "x.toml")
+    cfg = parse_text(PLAIN, "x.toml")
     assert cfg.server.listen == "127.0.0.1:8443"
     assert cfg.control.socket == "/run/securellm/control.sock" and cfg.control.mode == 0o660
     assert cfg.control.socket_group is None
@@ -34,10 +47,10 @@ def test_every_problem_names_file_key_and_expectation() -> None:
     p = _problems('top = 1\n[server]\nlisten = "localhost"\nextra = 2\n[control]\nsocket = "rel/sock"\n'
                   'socket_mode = "0666"\n[log]\nlevel = 3\n[state]\ndir = ["a"]\n')
     assert set(p) == {"top", "server.listen", "server.extra", "control.socket", "control.socket_mode",
-                      "log.level", "state.dir"}
+                      "log.level", "state.dir", "security.tls"}
     for msg in p.values():
         assert msg.startswith("/etc/securellm/config.toml: ")
-    assert "unknown key" in p["top"] and "HOST:PORT" in p["server.listen"]
+    assert "unknown key" in p["top"] and "security.tls" in p and "HOST:PORT" in p["server.listen"]
     assert "absolute path" in p["control.socket"] and "others" in p["control.socket_mode"]
     assert "one of 'debug'" in p["log.level"] and "expected a string, got an array" in p["state.dir"]
 
@@ -52,14 +65,14 @@ def test_invalid_toml_reports_position() -> None:
 def test_listen_forms(listen: str, ok: bool) -> None:
     text = f'[server]\nlisten = "{listen}"\n'
     if ok:
-        assert parse_text(text, "x").server.listen == listen
+        assert parse_text(text + PLAIN, "x").server.listen == listen
     else:
         assert "server.listen" in _problems(text)
 
 
 def test_bool_is_not_an_integer() -> None:
     assert "expected a number" in _problems("[server]\ndrain_timeout_seconds = true\n")["server.drain_timeout_seconds"]
-    assert parse_text("[server]\ndrain_timeout_seconds = 3\n", "x").server.drain_timeout_seconds == 3.0
+    assert parse_text("[server]\ndrain_timeout_seconds = 3\n" + PLAIN, "x").server.drain_timeout_seconds == 3.0
 
 
 def test_load_errors_name_the_file(tmp_path: Path) -> None:

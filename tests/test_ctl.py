@@ -110,7 +110,7 @@ def test_config_validate_daemon_and_offline(daemon: Daemon, tmp_path: Path) -> N
     r = daemon.ctl("config", "validate")
     assert r.returncode == 0 and "OK" in r.stdout
     bad = tmp_path / "bad.toml"
-    bad.write_text('[control]\nsocket_mode = "0666"\n[server]\nlisten = "nope"\n')
+    bad.write_text('[control]\nsocket_mode = "0666"\n[server]\nlisten = "nope"\n[security.tls]\nenabled = false\n')
     r = daemon.ctl("config", "validate", str(bad), "--json")
     assert r.returncode == 1
     problems = json.loads(r.stdout)["problems"]

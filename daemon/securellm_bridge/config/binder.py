@@ -54,7 +54,15 @@ class Binder:
         for name, f in fields.items():
             dotted = _join(prefix, name)
             if name not in data:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                if dataclasses.is_dataclass(hints[name]) and hints[name] is not Secret:
+                    # An absent table is an empty one: bind it so its own checks run and
+                    # report under its dotted name.
+                    value = self.convert(hints[name], {}, dotted)
+                    if value is _MISSING:
+                        ok = False
+                    else:
+                        kwargs[name] = value
+                elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     self.error(dotted, "required key is missing")
                     ok = False
                 continue

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from . import checks
+from .security import SecurityConfig
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -62,3 +63,4 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     state: StateConfig = field(default_factory=StateConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
