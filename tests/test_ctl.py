@@ -84,6 +84,16 @@ def test_keys_lifecycle_never_shows_or_stores_plaintext(daemon: Daemon) -> None:
     assert key not in daemon.log() and bob_key not in daemon.log()
 
 
+def test_keys_policy_fields(daemon: Daemon) -> None:
+    r = daemon.ctl("keys", "create", "--owner", "capped", "--rpm", "30", "--tpm", "5000", "--max-budget", "2.5",
+                   "--budget-period", "day", "--json")
+    assert r.returncode == 0, r.stderr
+    (key,) = json.loads(daemon.ctl("keys", "list", "--json").stdout)
+    assert (key["rpm"], key["tpm"], key["max_budget"], key["budget_period"]) == ("30", "5000", 2.5, "day")
+    r = daemon.ctl("keys", "create", "--owner", "bad", "--rpm", "0")
+    assert r.returncode == 1 and "rpm must be a positive integer" in r.stderr
+
+
 def test_keys_errors(daemon: Daemon) -> None:
     r = daemon.ctl("keys", "revoke", "key_doesnotexist")
     assert r.returncode == 1 and "no API key with id" in r.stderr

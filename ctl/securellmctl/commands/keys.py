@@ -19,6 +19,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--owner", required=True, help="who the key is for (shown in audit records)")
     p.add_argument("--models", default="", metavar="M1,M2",
                    help="comma-separated models the key may use (default: all)")
+    p.add_argument("--rpm", type=int, help="requests per minute for this key (default: [limits] key_rpm)")
+    p.add_argument("--tpm", type=int, help="tokens per minute for this key (default: [limits] key_tpm)")
+    p.add_argument("--max-budget", type=float, metavar="AMOUNT",
+                   help="spending cap per budget period, in the price table's currency")
+    p.add_argument("--budget-period", choices=["day", "week", "month", "total"], default="month")
     p.set_defaults(func=create)
     p = ks.add_parser("list", parents=[common], help="list keys (never their secrets)")
     p.add_argument("--all", action="store_true", help="include revoked keys")
@@ -33,7 +38,8 @@ def _models(text: str) -> list[str]:
 
 
 def create(args: argparse.Namespace) -> int:
-    req = keys_pb2.CreateKeyRequest(owner=args.owner, allowed_models=_models(args.models))
+    req = keys_pb2.CreateKeyRequest(owner=args.owner, allowed_models=_models(args.models), rpm=args.rpm,
+                                    tpm=args.tpm, max_budget=args.max_budget, budget_period=args.budget_period)
     with Client(args.socket, args.timeout) as c:
         r = c.call(keys_pb2_grpc.KeysStub(c.channel).Create, req)
     if args.json:
@@ -43,6 +49,8 @@ def create(args: argparse.Namespace) -> int:
     print(f"id:     {r.key.id}")
     print(f"owner:  {r.key.owner}")
     print(f"models: {', '.join(r.key.allowed_models) or 'all'}")
+    if r.key.HasField("max_budget"):
+        print(f"budget: {r.key.max_budget:g} per {r.key.budget_period}")
     print(f"key:    {r.secret}")
     print("Store the key now: it is not shown again.", file=sys.stderr)
     return EXIT_OK

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsecurellm/control/v1/keys.proto\x12\x14securellm.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61llowed_models\x18\x05 \x03(\t\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\x10\x43reateKeyRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x02 \x03(\t\"N\n\x11\x43reateKeyResponse\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.securellm.control.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"*\n\x0fListKeysRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\">\n\x10ListKeysResponse\x12*\n\x04keys\x18\x01 \x03(\x0b\x32\x1c.securellm.control.v1.ApiKey\"\x1e\n\x10RevokeKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x11RevokeKeyResponse\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.securellm.control.v1.ApiKey2\x93\x02\n\x04Keys\x12Y\n\x06\x43reate\x12&.securellm.control.v1.CreateKeyRequest\x1a\'.securellm.control.v1.CreateKeyResponse\x12U\n\x04List\x12%.securellm.control.v1.ListKeysRequest\x1a&.securellm.control.v1.ListKeysResponse\x12Y\n\x06Revoke\x12&.securellm.control.v1.RevokeKeyRequest\x1a\'.securellm.control.v1.RevokeKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsecurellm/control/v1/keys.proto\x12\x14securellm.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61llowed_models\x18\x05 \x03(\t\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x03rpm\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03tpm\x18\t \x01(\x03H\x01\x88\x01\x01\x12\x17\n\nmax_budget\x18\n \x01(\x01H\x02\x88\x01\x01\x12\x15\n\rbudget_period\x18\x0b \x01(\tB\x06\n\x04_rpmB\x06\n\x04_tpmB\r\n\x0b_max_budget\"\xac\x01\n\x10\x43reateKeyRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x02 \x03(\t\x12\x10\n\x03rpm\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03tpm\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x17\n\nmax_budget\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\rbudget_period\x18\x06 \x01(\tB\x06\n\x04_rpmB\x06\n\x04_tpmB\r\n\x0b_max_budget\"N\n\x11\x43reateKeyResponse\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.securellm.control.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"*\n\x0fListKeysRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\">\n\x10ListKeysResponse\x12*\n\x04keys\x18\x01 \x03(\x0b\x32\x1c.securellm.control.v1.ApiKey\"\x1e\n\x10RevokeKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x11RevokeKeyResponse\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.securellm.control.v1.ApiKey2\x93\x02\n\x04Keys\x12Y\n\x06\x43reate\x12&.securellm.control.v1.CreateKeyRequest\x1a\'.securellm.control.v1.CreateKeyResponse\x12U\n\x04List\x12%.securellm.control.v1.ListKeysRequest\x1a&.securellm.control.v1.ListKeysResponse\x12Y\n\x06Revoke\x12&.securellm.control.v1.RevokeKeyRequest\x1a\'.securellm.control.v1.RevokeKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'securellm.control.v1.keys_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APIKEY']._serialized_start=91
-  _globals['_APIKEY']._serialized_end=313
-  _globals['_CREATEKEYREQUEST']._serialized_start=315
-  _globals['_CREATEKEYREQUEST']._serialized_end=372
-  _globals['_CREATEKEYRESPONSE']._serialized_start=374
-  _globals['_CREATEKEYRESPONSE']._serialized_end=452
-  _globals['_LISTKEYSREQUEST']._serialized_start=454
-  _globals['_LISTKEYSREQUEST']._serialized_end=496
-  _globals['_LISTKEYSRESPONSE']._serialized_start=498
-  _globals['_LISTKEYSRESPONSE']._serialized_end=560
-  _globals['_REVOKEKEYREQUEST']._serialized_start=562
-  _globals['_REVOKEKEYREQUEST']._serialized_end=592
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=594
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=656
-  _globals['_KEYS']._serialized_start=659
-  _globals['_KEYS']._serialized_end=934
+  _globals['_APIKEY']._serialized_end=428
+  _globals['_CREATEKEYREQUEST']._serialized_start=431
+  _globals['_CREATEKEYREQUEST']._serialized_end=603
+  _globals['_CREATEKEYRESPONSE']._serialized_start=605
+  _globals['_CREATEKEYRESPONSE']._serialized_end=683
+  _globals['_LISTKEYSREQUEST']._serialized_start=685
+  _globals['_LISTKEYSREQUEST']._serialized_end=727
+  _globals['_LISTKEYSRESPONSE']._serialized_start=729
+  _globals['_LISTKEYSRESPONSE']._serialized_end=791
+  _globals['_REVOKEKEYREQUEST']._serialized_start=793
+  _globals['_REVOKEKEYREQUEST']._serialized_end=823
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=825
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=887
+  _globals['_KEYS']._serialized_start=890
+  _globals['_KEYS']._serialized_end=1165
 # @@protoc_insertion_point(module_scope)

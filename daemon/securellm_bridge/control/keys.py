@@ -7,7 +7,7 @@ import logging
 import grpc
 
 from .._pb import keys_pb2, keys_pb2_grpc
-from ..security.keys import KeyService
+from ..security.keys import KeyPolicy, KeyService
 from .convert import api_key
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,12 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
 
     async def Create(self, request: keys_pb2.CreateKeyRequest,
                      context: grpc.aio.ServicerContext) -> keys_pb2.CreateKeyResponse:
-        new = await self._keys.create(request.owner, tuple(request.allowed_models))
+        policy = KeyPolicy(
+            rpm=request.rpm if request.HasField("rpm") else None,
+            tpm=request.tpm if request.HasField("tpm") else None,
+            max_budget=request.max_budget if request.HasField("max_budget") else None,
+            budget_period=request.budget_period or "month")
+        new = await self._keys.create(request.owner, tuple(request.allowed_models), policy)
         log.info("API key %s created for owner %s", new.record.id, new.record.owner,
                  extra={"SECURELLM_KEY_ID": new.record.id})
         return keys_pb2.CreateKeyResponse(key=api_key(new.record), secret=new.plaintext)

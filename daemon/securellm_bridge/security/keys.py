@@ -25,6 +25,30 @@ _OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@ -]{0,127}$")
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,255}$")
 
 
+BUDGET_PERIODS = ("day", "week", "month", "total")
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """Optional per-key limits given at creation."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_budget: float | None = None
+    budget_period: str = "month"
+
+    def check(self) -> None:
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise InvalidRequest(f"{name} must be a positive integer", param=name)
+        if self.max_budget is not None and self.max_budget < 0:
+            raise InvalidRequest("max_budget must not be negative", param="max_budget")
+        if self.budget_period not in BUDGET_PERIODS:
+            raise InvalidRequest(f"budget_period must be one of {', '.join(BUDGET_PERIODS)}",
+                                 param="budget_period")
+
+
 @dataclass(frozen=True)
 class NewKey:
     """A freshly created key: the record and the plaintext, shown to the caller once."""
@@ -54,17 +78,20 @@ class KeyService:
         self._by_id = {r.id: r for r in rows}
         self._by_hash = {r.key_sha256: r for r in rows}
 
-    async def create(self, owner: str, allowed_models: tuple[str, ...] = ()) -> NewKey:
+    async def create(self, owner: str, allowed_models: tuple[str, ...] = (),
+                     policy: KeyPolicy = KeyPolicy()) -> NewKey:
         if not _OWNER_RE.match(owner):
             raise InvalidRequest("owner must be 1-128 characters: letters, digits, space, _ . @ -",
                                  param="owner")
         for model in allowed_models:
             if not _MODEL_RE.match(model):
                 raise InvalidRequest(f"invalid model name {model!r}", param="allowed_models")
+        policy.check()
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         row = KeyRow(id="key_" + secrets.token_hex(6), key_sha256=hash_key(plaintext), owner=owner,
                      allowed_models=tuple(dict.fromkeys(allowed_models)), created_at=time.time(),
-                     last_used_at=None, revoked=False, revoked_at=None)
+                     last_used_at=None, revoked=False, revoked_at=None, rpm=policy.rpm, tpm=policy.tpm,
+                     max_budget=policy.max_budget, budget_period=policy.budget_period)
         await self._db.call(sql.insert, row)
         self._by_id[row.id] = row
         self._by_hash[row.key_sha256] = row

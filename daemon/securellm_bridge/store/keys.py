@@ -17,20 +17,31 @@ class KeyRow:
     last_used_at: float | None
     revoked: bool
     revoked_at: float | None
+    #: Requests and tokens per minute for this key; None: the configured default.
+    rpm: int | None = None
+    tpm: int | None = None
+    #: Spending cap in the price table's currency per ``budget_period``; None: no cap.
+    max_budget: float | None = None
+    budget_period: str = "month"
+
+    def allows_model(self, model: str) -> bool:
+        return not self.allowed_models or model in self.allowed_models
 
 
-_COLUMNS = "id, key_sha256, owner, allowed_models, created_at, last_used_at, revoked, revoked_at"
+_COLUMNS = ("id, key_sha256, owner, allowed_models, created_at, last_used_at, revoked, revoked_at, "
+            "rpm, tpm, max_budget, budget_period")
 
 
 def _row(r: tuple) -> KeyRow:  # type: ignore[type-arg]
-    return KeyRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], bool(r[6]), r[7])
+    return KeyRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], bool(r[6]), r[7], r[8], r[9], r[10], r[11])
 
 
 def insert(conn: sqlite3.Connection, row: KeyRow) -> None:
     conn.execute(
-        f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (row.id, row.key_sha256, row.owner, json.dumps(list(row.allowed_models)), row.created_at,
-         row.last_used_at, int(row.revoked), row.revoked_at),
+         row.last_used_at, int(row.revoked), row.revoked_at, row.rpm, row.tpm, row.max_budget,
+         row.budget_period),
     )
 
 

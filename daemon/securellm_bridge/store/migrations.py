@@ -19,4 +19,11 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_at     REAL
     );
     """,
+    # 2: per-key policy: rate limits and a spending budget (NULL: the configured default).
+    """
+    ALTER TABLE api_keys ADD COLUMN rpm INTEGER;
+    ALTER TABLE api_keys ADD COLUMN tpm INTEGER;
+    ALTER TABLE api_keys ADD COLUMN max_budget REAL;
+    ALTER TABLE api_keys ADD COLUMN budget_period TEXT NOT NULL DEFAULT 'month';
+    """,
 )
