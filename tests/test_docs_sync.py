@@ -7,7 +7,8 @@ import re
 import typing
 from pathlib import Path
 
-from securellm_bridge.config import parse_text
+from securellm_bridge.config import Secret, parse_text
+from securellm_bridge.config.binder import toml_name
 from securellm_bridge.config.schema import Config
 
 from .daemon import ROOT
@@ -20,12 +21,13 @@ def _sections(cls: type, prefix: str = "") -> dict[str, list[str]]:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         args = typing.get_args(tp)
-        if dataclasses.is_dataclass(tp):
-            out.update(_sections(tp, f"{prefix}{f.name}."))
+        name = toml_name(f)
+        if dataclasses.is_dataclass(tp) and tp is not Secret:
+            out.update(_sections(tp, f"{prefix}{name}."))
         elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(args[1]):
-            out.update(_sections(args[1], f"{prefix}{f.name}.NAME."))
+            out.update(_sections(args[1], f"{prefix}{name}.NAME."))
         else:
-            out.setdefault(prefix.rstrip("."), []).append(f.name)
+            out.setdefault(prefix.rstrip("."), []).append(name)
     return out
 
 

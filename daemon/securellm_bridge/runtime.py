@@ -17,6 +17,7 @@ from typing import Any
 from . import config as config_mod
 from . import logs
 from .config import LoadedConfig
+from .config.binder import toml_name
 from .control.server import ControlServer
 from .lifecycle import Notifier
 from .security.keys import KeyService
@@ -40,7 +41,7 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
+        key = f"{prefix}{toml_name(f)}"
         if dataclasses.is_dataclass(value):
             out.update(_flatten(value, key + "."))
         else:

@@ -43,7 +43,8 @@ class Binder:
             self.error(prefix, f"expected a table, got {_describe(data)}")
             return None
         hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+        # A field's TOML name is its own, or metadata["toml"] where it is a Python keyword.
+        fields = {toml_name(f): f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
         kwargs: dict[str, Any] = {}
         ok = True
         for key in data:
@@ -54,19 +55,19 @@ class Binder:
         for name, f in fields.items():
             dotted = _join(prefix, name)
             if name not in data:
-                if dataclasses.is_dataclass(hints[name]) and hints[name] is not Secret:
+                if dataclasses.is_dataclass(hints[f.name]) and hints[f.name] is not Secret:
                     # An absent table is an empty one: bind it so its own checks run and
                     # report under its dotted name.
-                    value = self.convert(hints[name], {}, dotted)
+                    value = self.convert(hints[f.name], {}, dotted)
                     if value is _MISSING:
                         ok = False
                     else:
-                        kwargs[name] = value
+                        kwargs[f.name] = value
                 elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     self.error(dotted, "required key is missing")
                     ok = False
                 continue
-            value = self.convert(hints[name], data[name], dotted)
+            value = self.convert(hints[f.name], data[name], dotted)
             if value is _MISSING:
                 ok = False
                 continue
@@ -77,7 +78,7 @@ class Binder:
                     self.error(dotted, problem)
                     ok = False
                     continue
-            kwargs[name] = value
+            kwargs[f.name] = value
         if not ok:
             return None
         try:
@@ -142,6 +143,10 @@ class Binder:
     def _bad(self, key: str, expected: str) -> Any:
         self.error(key, expected)
         return _MISSING
+
+
+def toml_name(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
+    return str(f.metadata.get("toml", f.name))
 
 
 def _join(prefix: str, key: str) -> str:

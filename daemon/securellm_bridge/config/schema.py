@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from . import checks
+from .limits import LimitsConfig
 from .security import SecurityConfig
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -64,3 +65,4 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     log: LogConfig = field(default_factory=LogConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
