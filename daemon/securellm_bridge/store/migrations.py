@@ -26,4 +26,19 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE api_keys ADD COLUMN max_budget REAL;
     ALTER TABLE api_keys ADD COLUMN budget_period TEXT NOT NULL DEFAULT 'month';
     """,
+    # 3: usage per UTC day, API key ('' without one), provider and model.
+    """
+    CREATE TABLE usage_daily (
+        day               TEXT NOT NULL,
+        key_id            TEXT NOT NULL,
+        provider          TEXT NOT NULL,
+        model             TEXT NOT NULL,
+        requests          INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        cost              REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, key_id, provider, model)
+    ) WITHOUT ROWID;
+    CREATE INDEX usage_daily_by_key ON usage_daily (key_id, day);
+    """,
 )
