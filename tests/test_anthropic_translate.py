@@ -242,7 +242,7 @@ def test_tool_use_response() -> None:
     ("tool_use", "tool_calls"), ("refusal", "content_filter"), ("pause_turn", "stop"),
     (None, "stop"), ("something_new", "stop")])
 def test_finish_reason_mapping(stop_reason: str | None, finish: str) -> None:
-    resp = {"content": [], "stop_reason": stop_reason}
+    resp: dict[str, Any] = {"content": [], "stop_reason": stop_reason}
     assert anthropic_to_chat(resp, model="m", created=0, request_id="r")["choices"][0][
         "finish_reason"] == finish
 

@@ -7,6 +7,7 @@ import json
 import struct
 from typing import Any
 
+import aiohttp
 import pytest
 
 from securellm_bridge.errors import InvalidRequest, UpstreamError
@@ -15,6 +16,9 @@ from securellm_bridge.providers.ollama_translate import (OllamaStreamTranslator,
                                                          ollama_to_chat, ollama_to_embeddings)
 from securellm_bridge.providers.openai_shapes import TokenUsage
 from securellm_bridge.providers.sse import NDJSONParser
+from tests.fakes import fake_embedding, running
+from tests.fakes.behaviour import Behaviour
+from tests.fakes.ollama_upstream import make_app
 
 
 def _req(**extra: Any) -> dict[str, Any]:
@@ -148,8 +152,9 @@ STREAM = b"".join(json.dumps(o).encode() + b"\n" for o in [
      "done": False},
     {"model": "llama3.2:1b", "created_at": "t", "message": {"role": "assistant", "content": "lo"},
      "done": False},
-    {"model": "llama3.2:1b", "created_at": "t", "message": {"role": "assistant", "content": "", "tool_calls": [
-        {"function": {"name": "f", "arguments": {"a": 1}}}]}, "done": False},
+    {"model": "llama3.2:1b", "created_at": "t", "done": False, "message": {
+        "role": "assistant", "content": "",
+        "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}},
     {**DONE, "done_reason": "length"}])
 
 
@@ -195,8 +200,10 @@ def test_embeddings_request() -> None:
     assert embeddings_to_ollama({"model": "nomic", "input": ["a", "b"], "dimensions": 8,
                                  "encoding_format": "base64", "user": "u"}) == {
         "model": "nomic", "input": ["a", "b"], "dimensions": 8}
-    for bad in ({"input": [1, 2, 3]}, {"input": []}, {"input": None},
-                {"input": "x", "encoding_format": "hex"}, {"input": "x", "dimensions": 0}):
+    bad_inputs: list[dict[str, Any]] = [{"input": [1, 2, 3]}, {"input": []}, {"input": None},
+                                        {"input": "x", "encoding_format": "hex"},
+                                        {"input": "x", "dimensions": 0}]
+    for bad in bad_inputs:
         with pytest.raises(InvalidRequest):
             embeddings_to_ollama({"model": "nomic", **bad})
 
@@ -227,3 +234,35 @@ def test_error_mapping(status: int, body: bytes, client_status: int, code: str) 
     got, err = ollama_error_to_openai(status, body)
     assert got == client_status and err["error"]["code"] == code
     assert err["error"]["message"].startswith(("upstream", "the upstream"))
+
+
+# ------------------------------------------------------------- against the faithful fake
+
+
+@pytest.mark.anyio
+async def test_round_trip_through_the_fake_ollama() -> None:
+    chat = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hello local"}]}
+    async with running(make_app(Behaviour())) as url, aiohttp.ClientSession() as http:
+        async with http.post(url + "/api/chat", json=chat_to_ollama({**chat, "max_tokens": 2})) as resp:
+            short = ollama_to_chat(await resp.json(), model="local", created=1, request_id="x")
+        assert short["choices"][0]["message"]["content"] == "echo: hello"
+        assert short["choices"][0]["finish_reason"] == "length"
+        assert short["usage"]["completion_tokens"] == 2
+        translator, parser = OllamaStreamTranslator("local", 1, "y", include_usage=True), NDJSONParser()
+        async with http.post(url + "/api/chat", json=chat_to_ollama({**chat, "stream": True})) as resp:
+            chunks = [c async for data in resp.content.iter_any() for obj in parser.feed(data)
+                      for c in translator.feed(obj)]
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == \
+            "echo: hello local"
+        assert translator.finished and chunks[-1]["usage"]["prompt_tokens"] == 2
+        tools = [{"type": "function", "function": {"name": "lookup"}}]
+        async with http.post(url + "/api/chat", json=chat_to_ollama({**chat, "tools": tools})) as resp:
+            called = ollama_to_chat(await resp.json(), model="local", created=1, request_id="z")
+        [call] = called["choices"][0]["message"]["tool_calls"]
+        assert json.loads(call["function"]["arguments"]) == {"input": "hello local"}
+        assert called["choices"][0]["finish_reason"] == "tool_calls"
+        body = embeddings_to_ollama({"model": "nomic-embed-text", "input": ["a", "b"], "dimensions": 4})
+        async with http.post(url + "/api/embed", json=body) as resp:
+            embedded = ollama_to_embeddings(await resp.json(), "emb", encoding_format="base64")
+    vectors = [list(struct.unpack("<4f", base64.b64decode(d["embedding"]))) for d in embedded["data"]]
+    assert vectors == [fake_embedding("a", 4), fake_embedding("b", 4)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -68,7 +69,7 @@ def test_byte_by_byte_and_random_splits() -> None:
     for _ in range(200):
         cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 12)))
         bounds = [0, *cuts, len(STREAM)]
-        chunks = [STREAM[a:b] for a, b in zip(bounds, bounds[1:])]
+        chunks = [STREAM[a:b] for a, b in itertools.pairwise(bounds)]
         assert _feed_all(SSEParser(), chunks) == EXPECTED
 
 

@@ -254,19 +254,23 @@ class AnthropicStreamTranslator:
 
     def _block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         block = data.get("content_block")
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "text" and isinstance(block.get("text"), str) and block["text"]:
-            return [self._chunks.chunk({"content": block["text"]})]
-        if kind != "tool_use":
+        if not isinstance(block, dict):
+            return []
+        text = block.get("text")
+        if block.get("type") == "text" and isinstance(text, str) and text:
+            return [self._chunks.chunk({"content": text})]
+        if block.get("type") != "tool_use":
             return []
         index = self._tool_index[data.get("index")] = len(self._tool_index)
         return [self._chunks.chunk({"tool_calls": [{"index": index, **_tool_call(block, "")}]})]
 
     def _block_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         delta = data.get("delta")
-        kind = delta.get("type") if isinstance(delta, dict) else None
-        if kind == "text_delta" and isinstance(delta.get("text"), str) and delta["text"]:
-            return [self._chunks.chunk({"content": delta["text"]})]
+        if not isinstance(delta, dict):
+            return []
+        text, kind = delta.get("text"), delta.get("type")
+        if kind == "text_delta" and isinstance(text, str) and text:
+            return [self._chunks.chunk({"content": text})]
         if kind != "input_json_delta" or not delta.get("partial_json"):
             return []
         index = self._tool_index.get(data.get("index"))
@@ -277,9 +281,11 @@ class AnthropicStreamTranslator:
 
 
 def _stream_error(data: dict[str, Any]) -> UpstreamError:
-    error = data.get("error") if isinstance(data.get("error"), dict) else {}
-    kind = error.get("type") if isinstance(error.get("type"), str) else "api_error"
-    message = error.get("message") if isinstance(error.get("message"), str) else ""
+    error = data.get("error")
+    error = error if isinstance(error, dict) else {}
+    kind, message = error.get("type"), error.get("message")
+    kind = kind if isinstance(kind, str) else "api_error"
+    message = message if isinstance(message, str) else ""
     return UpstreamError(f"upstream stream error ({kind}): {message[:_MAX_MESSAGE]}", code=kind)
 
 
