@@ -156,7 +156,8 @@ GOLDEN = [
 def test_golden_values_from_llama_server(shape: dict[str, int], n_ctx: int,
                                          flags: dict[str, object], compute_mib: float,
                                          kv_mib: float) -> None:
-    meta = synthetic(**shape)
+    meta = synthetic(n_layer=shape["n_layer"], n_embd=shape["n_embd"], n_ff=shape["n_ff"],
+                     n_head=shape["n_head"], n_head_kv=shape["n_head_kv"])
     est = estimate(meta, n_ctx=n_ctx, gpu_layers=0, **flags)  # type: ignore[arg-type]
     parallel = int(flags["parallel"])  # type: ignore[call-overload]
     compute = (est.compute_cpu - 4 * parallel * meta.vocab_size) / MIB  # minus the logits buffer
