@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --wheel
-exec .venv/bin/python -m pytest --slow -q "$@"
+# A real llama-server for the local-model tests, built once per version and cached.
+LLAMA_SERVER_BIN="$(.ci/build-llama-server.sh | tail -n 1)"
+export LLAMA_SERVER_BIN
+# The suite runs under a private, real journald (audit records and logs are read back).
+exec scripts/with-journald.sh .venv/bin/python -m pytest --slow -q "$@"

@@ -141,6 +141,15 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it contains ``text`` (records reach it through a queue thread)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the daemon log:\n{log}")
+            time.sleep(0.02)
+        return log
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)

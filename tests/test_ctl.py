@@ -28,7 +28,9 @@ def test_status_table_and_json(daemon: Daemon) -> None:
     assert data["state"] == "ready"
     assert data["pid"] == daemon.proc.pid  # type: ignore[union-attr]
     assert data["config_path"] == str(daemon.config_path)
-    assert data["listeners"][0] == {"name": "control", "address": f"unix:{daemon.socket}", "protocol": "grpc"}
+    https, control = data["listeners"]
+    assert control == {"name": "control", "address": f"unix:{daemon.socket}", "protocol": "grpc"}
+    assert https["name"] == https["protocol"] == "https" and https["address"].startswith("127.0.0.1:")
     assert data["counts"]["keys_active"] == "0"
     assert float(data["uptime_seconds"]) >= 0
     assert data["version"]

@@ -38,7 +38,7 @@ def test_ready_only_after_control_socket_accepts(make_daemon: Callable[..., Daem
     assert seen == {"connectable": True}
     statuses = [m["STATUS"] for _, m in d.notify.messages if "STATUS" in m]  # type: ignore[union-attr]
     assert any("Opening state database" in s for s in statuses)
-    assert statuses[-1].startswith("Ready: serving unix:")
+    assert statuses[-1].startswith("Ready: serving 127.0.0.1:") and f"unix:{d.socket}" in statuses[-1]
 
 
 def test_watchdog_pings_when_enabled(make_daemon: Callable[..., Daemon]) -> None:
@@ -63,7 +63,7 @@ def test_sighup_sends_reloading_then_ready_and_applies(daemon: Daemon) -> None:
     msg = daemon.notify.messages[i][1]
     assert int(msg["MONOTONIC_USEC"]) > 0
     daemon.notify.wait_for("READY", "1", after=i + 1)
-    assert "configuration reloaded" in daemon.log()
+    daemon.wait_log("configuration reloaded")
     # The new level is in force: an info-level record is no longer written.
     assert daemon.ctl("keys", "create", "--owner", "after-reload").returncode == 0
     daemon.stop()
@@ -77,8 +77,7 @@ def test_sighup_with_broken_config_keeps_old(daemon: Daemon) -> None:
     daemon.signal(signal.SIGHUP)
     i = daemon.notify.wait_for("RELOADING", "1", after=start)
     daemon.notify.wait_for("READY", "1", after=i + 1)
-    log = daemon.log()
-    assert "reload failed; keeping the previous configuration" in log
+    log = daemon.wait_log("reload failed; keeping the previous configuration")
     assert "control.socket_mode" in log and "bogus: unknown key" in log
     # The old config is still in force and the daemon still serves.
     r = daemon.ctl("status", "--json")

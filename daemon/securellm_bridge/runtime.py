@@ -19,14 +19,22 @@ from . import logs
 from .config import LoadedConfig
 from .config.binder import toml_name
 from .control.server import ControlServer
+from .api.server import HttpServer
 from .lifecycle import Notifier
+from .pipeline import Pipeline
+from .providers import registry
+from .providers.base import Provider
+from .router.router import Router
 from .security.keys import KeyService
+from .security.ratelimit import RateLimiter
 from .store import Database
+from .usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
 #: Config keys that are read once at start; a change is reported and needs a restart.
-RESTART_KEYS = ("server.listen", "control.socket", "control.socket_mode", "control.socket_group", "state.dir")
+RESTART_KEYS = ("server.listen", "control.socket", "control.socket_mode", "control.socket_group", "state.dir",
+                "security.tls.enabled", "limits.max_header_bytes", "limits.max_body_bytes")
 KEY_FLUSH_INTERVAL_S = 5.0
 
 
@@ -65,7 +73,13 @@ class Runtime:
         self.listeners: list[tuple[str, str, str]] = []
         self.db: Database | None = None
         self.keys: KeyService
+        self.usage: UsageRecorder
         self.control: ControlServer | None = None
+        self.http: HttpServer | None = None
+        self.limiter: RateLimiter
+        self.router: Router
+        self.pipeline = Pipeline(self)
+        self.draining = False
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -78,12 +92,20 @@ class Runtime:
         self.notifier.status("Opening state database")
         self.db = await Database.open(cfg.state.dir)
         self.keys = KeyService(self.db)
+        self.usage = UsageRecorder(self.db)
         await self.keys.load()
+        self.limiter = _limiter(cfg)
+        self.router = Router(cfg.router, await _start_providers(cfg))
+        self.notifier.status("Binding HTTPS listener")
+        self.http = HttpServer(self)
+        await self.http.start()
+        self.listeners.append((self.http.protocol, self.http.address, self.http.protocol))
         self.notifier.status("Binding control socket")
         self.control = ControlServer(cfg.control, self)
         await self.control.start()
         self.listeners.append(("control", self.control.address, "grpc"))
         self._tasks.append(asyncio.create_task(self._flush_keys_periodically(), name="key-flush"))
+        self.usage.start()
         self.state = "ready"
 
     def counts(self) -> dict[str, int]:
@@ -102,6 +124,16 @@ class Runtime:
             changed = changed_keys(self.config, new.config)
             restart = tuple(k for k in changed if k in RESTART_KEYS)
             applied = tuple(k for k in changed if k not in RESTART_KEYS)
+            cfg = new.config
+            if self.http is not None:
+                self.http.reload_tls(cfg)  # re-reads the certificates; a bad file keeps the old ones
+            if any(k.startswith(("providers.", "router.")) for k in changed):
+                old_router = self.router
+                self.router = Router(cfg.router, await _start_providers(cfg), old_router.stats)
+                asyncio.get_running_loop().call_later(
+                    cfg.limits.request_timeout_seconds, lambda: asyncio.ensure_future(_close(old_router)))
+            self.limiter.reconfigure(cfg.limits.global_, cfg.limits.key,
+                                     {n: p.rate_limit for n, p in cfg.providers.items()})
             if restart:
                 log.warning("config keys changed that take effect only after a restart: %s", ", ".join(restart))
             log.info("configuration reloaded from %s (%d keys changed)", path, len(changed))
@@ -112,14 +144,20 @@ class Runtime:
 
     async def stop(self) -> None:
         self.state = "stopping"
+        self.draining = True
         grace = self.config.server.drain_timeout_seconds
+        if self.http is not None:
+            await self.http.stop(grace)
         if self.control is not None:
             await self.control.stop(grace)
+        if hasattr(self, "router"):
+            await _close(self.router)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.db is not None:
             await self.keys.flush()
+            await self.usage.stop()
             await self.db.close()
 
     async def _flush_keys_periodically(self) -> None:
@@ -129,3 +167,19 @@ class Runtime:
                 await self.keys.flush()
             except Exception:
                 log.exception("flushing key usage failed; will retry")
+
+
+def _limiter(cfg: config_mod.Config) -> RateLimiter:
+    return RateLimiter(cfg.limits.global_, cfg.limits.key, {n: p.rate_limit for n, p in cfg.providers.items()})
+
+
+async def _start_providers(cfg: config_mod.Config) -> dict[str, Provider]:
+    providers = {name: registry.build(name, p) for name, p in cfg.providers.items()}
+    for p in providers.values():
+        await p.start()
+    return providers
+
+
+async def _close(router: Router) -> None:
+    for p in router.providers.values():
+        await p.close()

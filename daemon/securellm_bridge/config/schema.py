@@ -11,6 +11,7 @@ from typing import Literal
 
 from . import checks
 from .limits import LimitsConfig
+from .providers import ProviderConfig, RouterConfig
 from .security import SecurityConfig
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -66,3 +67,13 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    router: RouterConfig = field(default_factory=RouterConfig)
+
+    def __post_init__(self) -> None:
+        for alias, targets in self.router.aliases.items():
+            for target in targets:
+                provider, sep, _ = target.partition("/")
+                if sep and provider not in self.providers and not any(
+                        target in p.models for p in self.providers.values()):
+                    raise ValueError(f"router.aliases.{alias}: {target!r} names no configured provider or model")

@@ -1,0 +1,1 @@
+"""The HTTPS inference plane: aiohttp app, routes, health, metrics and the listener."""

@@ -1,0 +1,231 @@
+"""The request path, top to bottom.
+
+    read body → validate → authenticate → authorize → rate-limit & budget → (DLP / screen)
+    → route → call upstream with retry & fallback → respond or stream → account → audit → metrics
+
+Every stage raises a :class:`BridgeError`; ``handle`` turns it into the OpenAI error shape
+in one place (``api/errors.py``). Streams are accounted when they end, however they end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from . import metrics
+from .api import validate
+from .api.errors import error_response, internal_error, status_and_body
+from .api.principal import Principal, authenticate, authorize
+from .config.schema import Config
+from .errors import BridgeError, InvalidRequest, PayloadTooLarge, RateLimited, Unavailable, UpstreamTimeout
+from .providers.base import Call, Route, UpstreamFailure, UpstreamStream
+from .providers.openai_shapes import TokenUsage
+from .router.pricing import cost
+from .router.router import Candidate, Outcome, Router
+from .security.ratelimit import estimate_tokens
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+STRATEGY_HEADER = "x-securellm-strategy"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request accumulates on its way, for the response, accounting and audit."""
+
+    request_id: str
+    route: Route
+    started: float
+    principal: Principal | None = None
+    model: str = "unknown"
+    provider: str = "none"
+    status: int = 0
+    usage: TokenUsage = TokenUsage()
+    cost: float = 0.0
+    outcome: Outcome | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"x-request-id": self.request_id, "x-securellm-provider": self.provider}
+
+
+class Pipeline:
+    def __init__(self, runtime: "Runtime") -> None:
+        self.rt = runtime
+        self.in_flight = 0
+
+    async def handle(self, request: web.Request, route: Route) -> web.StreamResponse:
+        ex = Exchange(os.urandom(12).hex(), route, time.monotonic())
+        cfg = self.rt.config
+        if self.in_flight >= cfg.limits.max_concurrent_requests or self.rt.draining:
+            return self._finish(ex, error_response(Unavailable("the gateway is at capacity; retry shortly",
+                                                               retry_after=1), ex.headers()))
+        self.in_flight += 1
+        metrics.IN_FLIGHT.inc()
+        try:
+            async with asyncio.timeout(cfg.limits.request_timeout_seconds):
+                return await self._serve(request, ex, cfg)
+        except TimeoutError:
+            return self._finish(ex, error_response(UpstreamTimeout("the request timed out"), ex.headers()))
+        except BridgeError as exc:
+            self._on_rejected(exc)
+            return self._finish(ex, error_response(exc, ex.headers()))
+        except asyncio.CancelledError:
+            ex.status = 499  # the client went away; the upstream call was cancelled with us
+            self._account(ex)
+            raise
+        except Exception:
+            log.exception("request %s failed", ex.request_id)
+            return self._finish(ex, internal_error(ex.headers()))
+        finally:
+            self.in_flight -= 1
+            metrics.IN_FLIGHT.dec()
+
+    async def _serve(self, request: web.Request, ex: Exchange, cfg: Config) -> web.StreamResponse:
+        raw = await _read_body(request, cfg.limits.max_body_bytes)
+        body = validate.parse(raw)
+        validate.check(ex.route, body)
+        ex.principal = principal = authenticate(request, self.rt.keys, cfg.security.auth.require_api_key)
+        model = body["model"]
+        router: Router = self.rt.router
+        ex.model = model if router.knows(model) else "unknown"
+        authorize(principal, model)
+        est = estimate_tokens(body)
+        reservation = self.rt.limiter.admit(principal.key, est)
+        if principal.key is not None:
+            if not self.rt.usage.is_primed(principal.key):
+                await self.rt.usage.prime(principal.key)  # once per key and budget period
+            self.rt.usage.check_budget(principal.key)
+        strategy = self._strategy(request, cfg)
+        max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+        candidates = router.candidates(model, ex.route, strategy, est, max_out)
+        stream = bool(body.get("stream"))
+        opts = body.get("stream_options") or {}
+        call = Call(ex.request_id, ex.route, model, body, raw, stream, bool(opts.get("include_usage")),
+                    int(time.time()))
+
+        def attempt_call(c: Candidate) -> Call:
+            if c.model == model:
+                return call
+            return Call(call.request_id, call.route, c.model, body, None, stream, call.include_usage, call.created)
+
+        try:
+            if stream:
+                return await self._stream(request, ex, router, candidates, attempt_call, est)
+            reply, ex.outcome = await router.run(
+                candidates, lambda c: c.provider.complete(attempt_call(c)), self.rt.limiter.admit_provider, est)
+            self._settle(ex, reply.usage, reservation)
+            ex.status = reply.status
+            return self._finish(ex, web.Response(status=reply.status, body=reply.body,
+                                                 content_type="application/json", headers=ex.headers()))
+        except BaseException:
+            reservation.settle(0)
+            raise
+
+    async def _stream(self, request: web.Request, ex: Exchange, router: Router, candidates: list[Candidate],
+                      attempt_call: Any, est: int) -> web.StreamResponse:
+        async def open_and_peek(c: Candidate) -> tuple[UpstreamStream, Any, bytes]:
+            # Retry and fallback stay possible until the first byte: peek it before answering.
+            upstream = await c.provider.open_stream(attempt_call(c))
+            it = upstream.__aiter__()
+            try:
+                first = await it.__anext__()
+            except StopAsyncIteration:
+                await upstream.aclose()
+                raise UpstreamFailure(f"{c.provider.name}: upstream stream was empty", retryable=True) from None
+            except BaseException:
+                await upstream.aclose()
+                raise
+            return upstream, it, first
+
+        (upstream, it, first), ex.outcome = await router.run(
+            candidates, open_and_peek, self.rt.limiter.admit_provider, est)
+        ex.provider = ex.outcome.candidate.provider.name
+        resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **ex.headers()})
+        ex.status = 200
+        try:
+            await resp.prepare(request)
+            await resp.write(first)
+            async for chunk in it:
+                await resp.write(chunk)
+        except (BridgeError, asyncio.TimeoutError) as exc:
+            # Bytes already reached the client: never retry; end the stream with an error event.
+            failure = exc if isinstance(exc, BridgeError) else UpstreamTimeout("the request timed out")
+            ex.status, body = status_and_body(failure)
+            log.warning("stream %s failed after the first byte: %s", ex.request_id, failure.message)
+            await resp.write(b"data: " + body + b"\n\n")
+        finally:
+            await upstream.aclose()
+            self._settle(ex, upstream.usage, None)
+        await resp.write_eof()
+        self._finish(ex, resp)
+        return resp
+
+    def _strategy(self, request: web.Request, cfg: Config) -> Any:
+        wanted = request.headers.get(STRATEGY_HEADER)
+        if wanted is None:
+            return cfg.router.default_strategy
+        if wanted not in cfg.router.allowed_strategies:
+            raise InvalidRequest(f"{STRATEGY_HEADER}: {wanted!r} is not one of the allowed strategies "
+                                 f"({', '.join(cfg.router.allowed_strategies)})", param=STRATEGY_HEADER)
+        return wanted
+
+    def _settle(self, ex: Exchange, usage: TokenUsage, reservation: Any) -> None:
+        ex.usage = usage
+        outcome = ex.outcome
+        if outcome is None:
+            return
+        cand = outcome.candidate
+        ex.provider = cand.provider.name
+        ex.cost = cost(cand.price, usage.prompt_tokens, usage.completion_tokens)
+        total = usage.total_tokens
+        if reservation is not None:
+            reservation.settle(total)
+        outcome.provider_reservation.settle(total)  # type: ignore[attr-defined]
+        key_id = ex.principal.key_id if ex.principal else None
+        self.rt.usage.record(key_id, ex.provider, cand.model, usage.prompt_tokens, usage.completion_tokens, ex.cost)
+        metrics.count_tokens(ex.provider, ex.model, usage.prompt_tokens, usage.completion_tokens, ex.cost)
+        if outcome.fallback:
+            metrics.FALLBACKS.labels(ex.route).inc()
+        metrics.observe_upstream(ex.provider, outcome.upstream_seconds)
+
+    def _on_rejected(self, exc: BridgeError) -> None:
+        if isinstance(exc, RateLimited) and not isinstance(exc, UpstreamFailure):
+            metrics.RATE_LIMITED.labels("budget" if exc.code == "budget_exceeded" else "rate").inc()
+
+    def _finish(self, ex: Exchange, resp: web.StreamResponse) -> web.StreamResponse:
+        ex.status = ex.status or resp.status
+        self._account(ex)
+        return resp
+
+    def _account(self, ex: Exchange) -> None:
+        metrics.count_request(ex.route, ex.status, ex.provider, ex.model)
+        metrics.observe_latency(ex.route, time.monotonic() - ex.started)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    try:
+        return await request.content.readexactly(request.content_length) if request.content_length else \
+            await _read_chunked(request, limit)
+    except asyncio.IncompleteReadError:
+        raise InvalidRequest("the request body ended early") from None
+
+
+async def _read_chunked(request: web.Request, limit: int) -> bytes:
+    parts, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)

@@ -1,0 +1,120 @@
+"""Anthropic's Messages API behind the OpenAI chat completions API (chat only)."""
+
+from __future__ import annotations
+
+import json
+from typing import AsyncIterator
+
+import aiohttp
+
+from ..config.providers import ProviderConfig
+from ..errors import UpstreamError
+from .anthropic_translate import (AnthropicStreamTranslator, anthropic_error_to_openai, anthropic_to_chat,
+                                  chat_to_anthropic)
+from .base import Call, Reply, UpstreamFailure
+from .http import TRANSPORT_ERRORS, failure_for_status, make_session, malformed, transport_failure
+from .openai_shapes import TokenUsage
+from .sse import SSE_DONE, SSEParser, encode_json_sse
+
+API_VERSION = "2023-06-01"
+
+
+class AnthropicProvider:
+    routes = frozenset({"chat"})
+
+    def __init__(self, name: str, cfg: ProviderConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self._session: aiohttp.ClientSession | None = None
+        self._url = cfg.url + "/v1/messages"
+        self._headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
+        if cfg.api_key is not None:
+            self._headers["x-api-key"] = cfg.api_key.reveal()
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider({self.name!r}, {self.cfg.url!r})"
+
+    async def start(self) -> None:
+        self._session = make_session(self.cfg)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _post(self, call: Call, stream: bool) -> aiohttp.ClientResponse:
+        assert self._session is not None
+        body = chat_to_anthropic({**call.body, "model": call.model, "stream": stream},
+                                 default_max_tokens=self.cfg.default_max_tokens)
+        try:
+            resp = await self._session.post(self._url, data=json.dumps(body).encode(), headers=self._headers)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(self.name, exc) from None
+        if resp.status != 200:
+            try:
+                raw = await resp.read()
+            except TRANSPORT_ERRORS as exc:
+                raise transport_failure(self.name, exc) from None
+            finally:
+                resp.release()
+            raise failure_for_status(self.name, resp.status, raw, resp.headers, anthropic_error_to_openai)
+        return resp
+
+    async def complete(self, call: Call) -> Reply:
+        resp = await self._post(call, stream=False)
+        try:
+            raw = await resp.read()
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(self.name, exc) from None
+        finally:
+            resp.release()
+        try:
+            parsed = json.loads(raw)
+            out = anthropic_to_chat(parsed, model=call.body.get("model", call.model), created=call.created,
+                                    request_id=call.request_id)
+        except (ValueError, AttributeError, UpstreamError):
+            raise malformed(self.name, "a malformed Messages response") from None
+        usage = out["usage"]
+        return Reply(200, json.dumps(out).encode(),
+                     TokenUsage(usage["prompt_tokens"], usage["completion_tokens"]))
+
+    async def open_stream(self, call: Call) -> "AnthropicStream":
+        resp = await self._post(call, stream=True)
+        translator = AnthropicStreamTranslator(call.body.get("model", call.model), call.created, call.request_id,
+                                               call.include_usage)
+        return AnthropicStream(self.name, resp, translator)
+
+
+class AnthropicStream:
+    def __init__(self, provider: str, resp: aiohttp.ClientResponse, translator: AnthropicStreamTranslator) -> None:
+        self._provider = provider
+        self._resp = resp
+        self._tr = translator
+        self.usage = TokenUsage()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        parser = SSEParser()
+        try:
+            async for chunk in self._resp.content.iter_any():
+                out = []
+                for event in parser.feed(chunk):
+                    try:
+                        chunks = self._tr.feed(event.event, json.loads(event.data))
+                    except ValueError:
+                        raise malformed(self._provider, "malformed JSON in a stream event") from None
+                    except UpstreamError as exc:  # an `event: error` from the upstream
+                        raise UpstreamFailure(f"{self._provider}: {exc.message}", retryable=True) from None
+                    out.extend(encode_json_sse(c) for c in chunks)
+                self.usage = self._tr.usage
+                if self._tr.finished:
+                    out.append(SSE_DONE)
+                if out:
+                    yield b"".join(out)
+                if self._tr.finished:
+                    return
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(self._provider, exc) from None
+        raise UpstreamFailure(f"{self._provider}: upstream stream ended before message_stop", retryable=True)
+
+    async def aclose(self) -> None:
+        self._resp.release()
+        self._resp.close()

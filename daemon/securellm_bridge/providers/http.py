@@ -1,0 +1,97 @@
+"""What every provider shares: one pooled client session, error mapping, Retry-After.
+
+Each provider owns exactly one ``aiohttp.ClientSession`` (keep-alive pooling), created on
+start and closed on shutdown. The URL is always built from configuration, never from the
+client's request, so a client cannot make the gateway call an address of its choosing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from typing import Any, Callable
+
+import aiohttp
+
+from ..config.providers import ProviderConfig
+from .base import UpstreamFailure
+from .openai_shapes import TokenUsage, count, error_body
+
+ErrorMapper = Callable[[int, bytes], "tuple[int, dict[str, Any]]"]
+
+
+def make_session(cfg: ProviderConfig) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=cfg.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, cfg.timeout_s), sock_read=cfg.timeout_s)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False,
+                                 skip_auto_headers=("User-Agent",), auto_decompress=True)
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), if present."""
+    value = headers.get("Retry-After") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def openai_error_to_openai(status: int, body: bytes) -> tuple[int, dict[str, Any]]:
+    """An OpenAI-compatible upstream's error, checked and bounded, for the client."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) and isinstance(error.get("message"), str) else None
+    if status in (401, 403, 407):
+        return 502, error_body("the upstream rejected the gateway's credentials", "upstream_error",
+                               "upstream_auth_failed")
+    text = f"upstream: {message[:500]}" if message else f"upstream returned HTTP {status}"
+    if 400 <= status < 500 and status != 429:
+        err_type = error.get("type") if isinstance(error, dict) and isinstance(error.get("type"), str) else None
+        return status, error_body(text, err_type or "invalid_request_error", "upstream_rejected")
+    return 502 if status != 429 else 429, error_body(text, "upstream_error", "upstream_error")
+
+
+def failure_for_status(provider: str, status: int, body: bytes, headers: Any, mapper: ErrorMapper) -> UpstreamFailure:
+    """429, 408 and 5xx are retryable; other statuses are final and passed on, translated."""
+    retryable = status in (408, 429) or status >= 500
+    client_status, err = mapper(status, body)
+    if retryable:
+        client_status = 429 if status == 429 else (504 if status in (408, 504) else 502)
+    return UpstreamFailure(f"{provider}: upstream returned HTTP {status}", retryable=retryable,
+                           status=client_status, retry_after=retry_after(headers),
+                           body=json.dumps(err).encode())
+
+
+def transport_failure(provider: str, exc: BaseException) -> UpstreamFailure:
+    """A connect error, reset or timeout: always retryable."""
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamFailure(f"{provider}: upstream timed out", retryable=True, status=504)
+    return UpstreamFailure(f"{provider}: upstream connection failed ({type(exc).__name__})", retryable=True)
+
+
+def malformed(provider: str, what: str) -> UpstreamFailure:
+    return UpstreamFailure(f"{provider}: upstream sent {what}", retryable=True)
+
+
+def usage_from(obj: Any) -> TokenUsage:
+    """OpenAI ``usage`` object → TokenUsage (missing parts count as 0)."""
+    if not isinstance(obj, dict):
+        return TokenUsage()
+    details = obj.get("prompt_tokens_details")
+    cached = count(details, "cached_tokens") if isinstance(details, dict) else 0
+    return TokenUsage(count(obj, "prompt_tokens"), count(obj, "completion_tokens"), cached)
+
+
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError)

@@ -1,0 +1,126 @@
+"""Ollama's native ``/api/chat`` (NDJSON stream) and ``/api/embed`` behind the OpenAI API."""
+
+from __future__ import annotations
+
+import json
+from typing import AsyncIterator
+
+import aiohttp
+
+from ..config.providers import ProviderConfig
+from ..errors import UpstreamError
+from .base import Call, Reply, UpstreamFailure
+from .http import TRANSPORT_ERRORS, failure_for_status, make_session, malformed, transport_failure
+from .ollama_translate import (OllamaStreamTranslator, chat_to_ollama, embeddings_to_ollama, ollama_error_to_openai,
+                               ollama_to_chat, ollama_to_embeddings)
+from .openai_shapes import TokenUsage
+from .sse import SSE_DONE, NDJSONParser, encode_json_sse
+
+
+class OllamaProvider:
+    routes = frozenset({"chat", "embeddings"})
+
+    def __init__(self, name: str, cfg: ProviderConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self._session: aiohttp.ClientSession | None = None
+        self._headers = {"Content-Type": "application/json"}
+        if cfg.api_key is not None:  # Ollama behind an authenticating reverse proxy
+            self._headers["Authorization"] = f"Bearer {cfg.api_key.reveal()}"
+
+    def __repr__(self) -> str:
+        return f"OllamaProvider({self.name!r}, {self.cfg.url!r})"
+
+    async def start(self) -> None:
+        self._session = make_session(self.cfg)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _post(self, path: str, body: dict) -> aiohttp.ClientResponse:
+        assert self._session is not None
+        try:
+            resp = await self._session.post(self.cfg.url + path, data=json.dumps(body).encode(), headers=self._headers)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(self.name, exc) from None
+        if resp.status != 200:
+            try:
+                raw = await resp.read()
+            except TRANSPORT_ERRORS as exc:
+                raise transport_failure(self.name, exc) from None
+            finally:
+                resp.release()
+            raise failure_for_status(self.name, resp.status, raw, resp.headers, ollama_error_to_openai)
+        return resp
+
+    async def _read_json(self, resp: aiohttp.ClientResponse) -> dict:
+        try:
+            raw = await resp.read()
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(self.name, exc) from None
+        finally:
+            resp.release()
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise malformed(self.name, "malformed JSON") from None
+        if not isinstance(parsed, dict):
+            raise malformed(self.name, "a JSON value that is not an object")
+        return parsed
+
+    async def complete(self, call: Call) -> Reply:
+        client_model = call.body.get("model", call.model)
+        try:
+            if call.route == "embeddings":
+                parsed = await self._read_json(await self._post("/api/embed", embeddings_to_ollama(
+                    {**call.body, "model": call.model})))
+                out = ollama_to_embeddings(parsed, client_model,
+                                           encoding_format=call.body.get("encoding_format") or "float")
+                usage = TokenUsage(out["usage"]["prompt_tokens"], 0)
+            else:
+                parsed = await self._read_json(await self._post("/api/chat", chat_to_ollama(
+                    {**call.body, "model": call.model, "stream": False})))
+                out = ollama_to_chat(parsed, model=client_model, created=call.created, request_id=call.request_id)
+                usage = TokenUsage(out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
+        except UpstreamError as exc:
+            raise malformed(self.name, exc.message) from None
+        return Reply(200, json.dumps(out).encode(), usage)
+
+    async def open_stream(self, call: Call) -> "OllamaStream":
+        resp = await self._post("/api/chat", chat_to_ollama({**call.body, "model": call.model, "stream": True}))
+        tr = OllamaStreamTranslator(call.body.get("model", call.model), call.created, call.request_id,
+                                    call.include_usage)
+        return OllamaStream(self.name, resp, tr)
+
+
+class OllamaStream:
+    def __init__(self, provider: str, resp: aiohttp.ClientResponse, translator: OllamaStreamTranslator) -> None:
+        self._provider = provider
+        self._resp = resp
+        self._tr = translator
+        self.usage = TokenUsage()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        parser = NDJSONParser()
+        try:
+            async for chunk in self._resp.content.iter_any():
+                try:
+                    objs = parser.feed(chunk)
+                    out = [encode_json_sse(c) for obj in objs for c in self._tr.feed(obj)]
+                except UpstreamError as exc:
+                    raise UpstreamFailure(f"{self._provider}: {exc.message}", retryable=True) from None
+                self.usage = self._tr.usage
+                if self._tr.finished:
+                    out.append(SSE_DONE)
+                if out:
+                    yield b"".join(out)
+                if self._tr.finished:
+                    return
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(self._provider, exc) from None
+        raise UpstreamFailure(f"{self._provider}: upstream stream ended before done", retryable=True)
+
+    async def aclose(self) -> None:
+        self._resp.release()
+        self._resp.close()

@@ -1,0 +1,132 @@
+"""OpenAI and every OpenAI-compatible server (vLLM, TGI, llama.cpp's server, DeepSeek).
+
+The fast path forwards the client's bytes untouched and returns the upstream's bytes
+untouched; the body is re-serialized only when the model name must change (aliases) or a
+stream must ask for usage.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import AsyncIterator
+
+import aiohttp
+
+from ..config.providers import ProviderConfig
+from .base import Call, Reply, UpstreamFailure
+from .http import (TRANSPORT_ERRORS, failure_for_status, make_session, malformed, openai_error_to_openai,
+                   transport_failure, usage_from)
+from .openai_shapes import TokenUsage
+from .sse import SSE_DONE, SSEParser
+
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+
+class OpenAIProvider:
+    routes = frozenset(PATHS)
+
+    def __init__(self, name: str, cfg: ProviderConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self._session: aiohttp.ClientSession | None = None
+        self._urls = {route: cfg.url + path for route, path in PATHS.items()}
+        self._headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        if cfg.api_key is not None:
+            self._headers["Authorization"] = f"Bearer {cfg.api_key.reveal()}"
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider({self.name!r}, {self.cfg.url!r})"
+
+    async def start(self) -> None:
+        self._session = make_session(self.cfg)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _payload(self, call: Call, *, force_usage: bool = False) -> bytes:
+        if call.raw is not None and not force_usage:
+            return call.raw
+        body = dict(call.body)
+        body["model"] = call.model
+        if force_usage:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    async def _post(self, call: Call, payload: bytes) -> aiohttp.ClientResponse:
+        assert self._session is not None
+        try:
+            resp = await self._session.post(self._urls[call.route], data=payload, headers=self._headers)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(self.name, exc) from None
+        if resp.status != 200:
+            try:
+                body = await resp.read()
+            except TRANSPORT_ERRORS as exc:
+                raise transport_failure(self.name, exc) from None
+            finally:
+                resp.release()
+            raise failure_for_status(self.name, resp.status, body, resp.headers, openai_error_to_openai)
+        return resp
+
+    async def complete(self, call: Call) -> Reply:
+        resp = await self._post(call, self._payload(call))
+        try:
+            body = await resp.read()
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(self.name, exc) from None
+        finally:
+            resp.release()
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            raise malformed(self.name, "malformed JSON") from None
+        if not isinstance(parsed, dict):
+            raise malformed(self.name, "a JSON value that is not an object")
+        return Reply(200, body, usage_from(parsed.get("usage")))
+
+    async def open_stream(self, call: Call) -> "OpenAIStream":
+        resp = await self._post(call, self._payload(call, force_usage=not call.include_usage))
+        return OpenAIStream(self.name, resp, call.include_usage)
+
+
+class OpenAIStream:
+    """Re-frames the upstream's SSE events; drops the usage-only chunk the client did not ask for."""
+
+    def __init__(self, provider: str, resp: aiohttp.ClientResponse, client_wants_usage: bool) -> None:
+        self._provider = provider
+        self._resp = resp
+        self._wants_usage = client_wants_usage
+        self.usage = TokenUsage()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        parser = SSEParser()
+        done = False
+        try:
+            async for chunk in self._resp.content.iter_any():
+                out = []
+                for event in parser.feed(chunk):
+                    if event.data == "[DONE]":
+                        done = True
+                        out.append(SSE_DONE)
+                        continue
+                    if '"usage"' in event.data:
+                        try:
+                            parsed = json.loads(event.data)
+                        except ValueError:
+                            raise malformed(self._provider, "malformed JSON in a stream event") from None
+                        if isinstance(parsed, dict) and parsed.get("usage"):
+                            self.usage = usage_from(parsed["usage"])
+                            if not self._wants_usage and not parsed.get("choices"):
+                                continue
+                    out.append(b"data: " + event.data.encode() + b"\n\n")
+                if out:
+                    yield b"".join(out)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_failure(self._provider, exc) from None
+        if not done:
+            raise UpstreamFailure(f"{self._provider}: upstream stream ended early", retryable=True)
+
+    async def aclose(self) -> None:
+        self._resp.release()
+        self._resp.close()

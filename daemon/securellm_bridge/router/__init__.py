@@ -1,0 +1,1 @@
+"""Routing: candidates for a model, strategies that order them, fallback, circuit breakers."""

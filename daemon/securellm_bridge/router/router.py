@@ -1,0 +1,173 @@
+"""Candidates for a requested model, ordered by a strategy; attempts with retry and fallback.
+
+A model name resolves to candidates from the providers' ``models`` lists and from
+``[router.aliases]``. Each candidate is tried in order: retries with exponential backoff and
+full jitter on retryable failures (honouring ``Retry-After`` up to
+``retry_max_delay_seconds``), then the next candidate. A provider whose circuit is open, or
+whose own rate limit is exhausted, is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable, TypeVar
+
+from .. import metrics
+from ..config.providers import ModelCost, ProviderConfig, RouterConfig, Strategy
+from ..errors import NotFound, RateLimited, Unavailable
+from ..providers.base import Provider, UpstreamFailure
+from .breaker import CircuitBreaker
+from .pricing import cost, model_cost
+from .stats import ProviderStats
+
+T = TypeVar("T")
+AdmitProvider = Callable[[str, int], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    provider: Provider
+    model: str
+    price: ModelCost
+    stats: ProviderStats
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Which candidate answered, and how many retries and fallbacks it took."""
+
+    candidate: Candidate
+    retries: int
+    fallback: bool
+    upstream_seconds: float
+    provider_reservation: object
+
+
+class Router:
+    def __init__(self, cfg: RouterConfig, providers: dict[str, Provider],
+                 stats: dict[str, ProviderStats] | None = None) -> None:
+        self.cfg = cfg
+        self.providers = providers
+        old = stats or {}
+        self.stats = {name: old.get(name) or ProviderStats(CircuitBreaker(cfg.breaker_failure_threshold,
+                                                                           cfg.breaker_reset_seconds))
+                      for name in providers}
+        self._rr = itertools.count()
+        self._table: dict[str, tuple[Candidate, ...]] = {}
+        for name, p in providers.items():
+            for model in p.cfg.models:
+                self._table.setdefault(model, ())
+                self._table[model] += (self._candidate(name, model),)
+        for alias, targets in cfg.aliases.items():
+            self._table[alias] = tuple(itertools.chain.from_iterable(self._resolve(t) for t in targets))
+
+    def _candidate(self, name: str, model: str) -> Candidate:
+        p = self.providers[name]
+        return Candidate(p, model, model_cost(p.cfg, model), self.stats[name])
+
+    def _resolve(self, target: str) -> Iterable[Candidate]:
+        name, sep, model = target.partition("/")
+        if sep and name in self.providers:
+            return (self._candidate(name, model),)
+        return self._table.get(target, ())
+
+    def models(self) -> list[tuple[str, str]]:
+        """(model id, owner) for /v1/models: provider models, then aliases."""
+        out = [(m, c[0].provider.name) for m, c in self._table.items() if m not in self.cfg.aliases and c]
+        out += [(alias, "securellm-bridge") for alias in self.cfg.aliases]
+        return out
+
+    def knows(self, model: str) -> bool:
+        return model in self._table
+
+    def candidates(self, model: str, route: str, strategy: Strategy, est_prompt: int,
+                   est_completion: int) -> list[Candidate]:
+        found = [c for c in self._table.get(model, ()) if route in c.provider.routes]
+        if not found:
+            if model in self._table:
+                raise NotFound(f"model {model!r} is not available for this endpoint", code="model_not_found",
+                               param="model")
+            raise NotFound(f"the model {model!r} does not exist or is not configured", code="model_not_found",
+                           param="model")
+        return order(found, strategy, est_prompt, est_completion, next(self._rr))
+
+    async def run(self, candidates: list[Candidate], attempt: Callable[[Candidate], Awaitable[T]],
+                  admit_provider: AdmitProvider, est_tokens: int) -> tuple[T, Outcome]:
+        last: Exception | None = None
+        retries = 0
+        for index, cand in enumerate(candidates):
+            name = cand.provider.name
+            if not cand.stats.breaker.allow():
+                last = last or Unavailable(f"provider {name} is failing (circuit open)", retry_after=1)
+                continue
+            try:
+                reservation = admit_provider(name, est_tokens)
+            except RateLimited as exc:
+                cand.stats.breaker.release()
+                last = exc
+                continue
+            max_retries = cand.provider.cfg.max_retries
+            for n in range(max_retries + 1):
+                started = time.monotonic()
+                try:
+                    result = await attempt(cand)
+                except UpstreamFailure as exc:
+                    cand.stats.fail(exc.message)
+                    last = exc
+                    if not exc.retryable:
+                        raise
+                    delay = self._backoff(n, exc.retry_after)
+                    if n == max_retries or delay is None or not cand.stats.breaker.allow():
+                        break
+                    retries += 1
+                    metrics.RETRIES.labels(name).inc()
+                    await asyncio.sleep(delay)
+                    continue
+                except BaseException:
+                    cand.stats.breaker.release()
+                    raise
+                elapsed = time.monotonic() - started
+                cand.stats.observe(elapsed)
+                return result, Outcome(cand, retries, index > 0, elapsed, reservation)
+        if last is None:
+            raise Unavailable("no provider is available for this model", retry_after=1)
+        raise last
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float | None:
+        """Full-jitter exponential backoff; None when Retry-After asks for longer than we wait."""
+        cap = self.cfg.retry_max_delay_seconds
+        delay = random.uniform(0, min(cap, self.cfg.retry_base_delay_seconds * 2 ** attempt))
+        if retry_after is not None:
+            if retry_after > cap:
+                return None
+            delay = max(delay, retry_after)
+        return delay
+
+
+def order(found: list[Candidate], strategy: Strategy, est_prompt: int, est_completion: int,
+          turn: int) -> list[Candidate]:
+    def prio(c: Candidate) -> int:
+        return c.provider.cfg.priority
+
+    if strategy == "priority":
+        return sorted(found, key=prio)
+    if strategy == "local-first":
+        return sorted(found, key=lambda c: (not _local(c.provider.cfg), prio(c)))
+    if strategy == "cloud-first":
+        return sorted(found, key=lambda c: (_local(c.provider.cfg), prio(c)))
+    if strategy == "cost-optimized":
+        return sorted(found, key=lambda c: (cost(c.price, est_prompt, est_completion), prio(c)))
+    if strategy == "latency-optimized":
+        # Unmeasured providers sort first, so that each gets measured.
+        return sorted(found, key=lambda c: (c.stats.latency_ewma or 0.0, prio(c)))
+    ranked = sorted(found, key=prio)  # round-robin over the priority order
+    k = turn % len(ranked)
+    return ranked[k:] + ranked[:k]
+
+
+def _local(cfg: ProviderConfig) -> bool:
+    return cfg.is_local
