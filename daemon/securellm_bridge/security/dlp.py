@@ -8,28 +8,14 @@ Only type names and counts ever leave this module, never the matched values.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from securellm_bridge.errors import InvalidRequest
-from securellm_bridge.security.dlp_detectors import DETECTOR_TYPES, Finding, scan
-
-__all__ = [
-    "DETECTOR_TYPES",
-    "DLP_MODES",
-    "DlpMode",
-    "DlpResult",
-    "Finding",
-    "apply",
-    "blocked_error",
-    "redact",
-    "redact_chat_body",
-    "scan",
-    "scan_chat_body",
-    "text_slots",
-]
+from securellm_bridge.security import dlp_detectors as d
 
 DlpMode = Literal["off", "redact", "block"]
 DLP_MODES: tuple[DlpMode, ...] = ("off", "redact", "block")
@@ -39,9 +25,78 @@ Slot = tuple[Any, Any]
 
 
 @dataclass(frozen=True, slots=True)
+class Finding:
+    """Where a detector matched: a type name and a half-open character range, no text."""
+
+    type: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Detector:
+    #: Stable name, used in ``[TYPE]`` placeholders and as a metric label.
+    type: str
+    #: Specificity: of two overlapping spans the higher priority wins, then the longer one.
+    priority: int
+    #: A cheap test that rules the detector out without running its regex.
+    precheck: Callable[[str], bool]
+    find: d.Finder
+
+
+DETECTORS: tuple[Detector, ...] = (
+    Detector("PRIVATE_KEY", 100, lambda t: "PRIVATE KEY" in t, d.find_private_keys),
+    Detector("JWT", 90, lambda t: "eyJ" in t, d.find_jwts),
+    Detector("GITHUB_TOKEN", 90, d.has_github_prefix, d.find_github_tokens),
+    Detector("AWS_ACCESS_KEY", 90, lambda t: "AKIA" in t or "ASIA" in t, d.find_aws_keys),
+    Detector("API_KEY", 80, lambda t: "sk-" in t or "sk_" in t, d.find_api_keys),
+    Detector("IBAN", 70, d.has_digit, d.find_ibans),
+    Detector("CREDIT_CARD", 70, d.has_seven_digits, d.find_cards),
+    Detector("EMAIL_ADDRESS", 60, lambda t: "@" in t, d.find_emails),
+    Detector("US_SSN", 50, d.has_seven_digits, d.find_ssns),
+    Detector("IP_ADDRESS", 40, d.has_digit, d.find_ips),
+    Detector("PHONE_NUMBER", 30, d.has_seven_digits, d.find_phones),
+)
+
+#: Every type name a finding can have, for placeholders and pre-initialised metric labels.
+DETECTOR_TYPES: tuple[str, ...] = tuple(sorted(det.type for det in DETECTORS))
+
+
+@dataclass(frozen=True, slots=True)
 class DlpResult:
     counts: Counter[str]
     blocked: bool
+
+
+def scan(text: str) -> list[Finding]:
+    """Non-overlapping findings in ``text``, in text order.
+
+    Where spans of different detectors overlap, the most specific detector wins (a GitHub
+    token in ``https://TOKEN@github.com`` is a token, not an e-mail address), then the
+    longest span.
+    """
+    candidates: list[tuple[int, int, int, str]] = []
+    gates: dict[Callable[[str], bool], bool] = {}  # detectors share pre-checks: run each once
+    for det in DETECTORS:
+        passed = gates.get(det.precheck)
+        if passed is None:
+            passed = gates[det.precheck] = det.precheck(text)
+        if passed:
+            for start, end in det.find(text):
+                candidates.append((-det.priority, start - end, start, det.type))
+    if not candidates:
+        return []
+    candidates.sort()
+    starts: list[int] = []
+    kept: list[Finding] = []  # sorted by start, pairwise disjoint
+    for _, neg_length, start, typ in candidates:
+        end = start - neg_length
+        i = bisect_left(starts, start)
+        if (i and kept[i - 1].end > start) or (i < len(kept) and kept[i].start < end):
+            continue
+        starts.insert(i, start)
+        kept.insert(i, Finding(typ, start, end))
+    return kept
 
 
 def redact(text: str) -> tuple[str, Counter[str]]:

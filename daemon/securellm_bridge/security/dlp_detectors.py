@@ -1,11 +1,8 @@
-"""DLP detectors: find personal data and secrets in text without keeping the text.
+"""The DLP detectors' finders: each yields validated ``(start, end)`` spans of one type.
 
-Each :class:`Detector` has a stable type name (used in ``[TYPE]`` placeholders and as a
-metric label), a cheap pre-check that rules it out without running its regex, and a finder
-that yields validated ``(start, end)`` spans. :func:`scan` runs them all and keeps a
-non-overlapping set of :class:`Finding` values: the longest span wins, ties go to the more
-specific detector. The matched text itself is never stored. The exact rules, and the
-decisions about tricky negatives, are documented in ``docs/DLP.md``.
+The registry that names them, and the scan that combines their spans, are in ``dlp.py``.
+Finders never return or keep the matched text. The rules, and the decisions about tricky
+negatives, are documented in ``docs/DLP.md``.
 """
 
 from __future__ import annotations
@@ -15,42 +12,11 @@ import binascii
 import ipaddress
 import json
 import re
-from bisect import bisect_left
+import string
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 Span = tuple[int, int]
-
-EMAIL_ADDRESS = "EMAIL_ADDRESS"
-PHONE_NUMBER = "PHONE_NUMBER"
-US_SSN = "US_SSN"
-CREDIT_CARD = "CREDIT_CARD"
-IBAN = "IBAN"
-IP_ADDRESS = "IP_ADDRESS"
-API_KEY = "API_KEY"
-AWS_ACCESS_KEY = "AWS_ACCESS_KEY"
-GITHUB_TOKEN = "GITHUB_TOKEN"
-PRIVATE_KEY = "PRIVATE_KEY"
-JWT = "JWT"
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """Where a detector matched: a type name and a half-open character range, no text."""
-
-    type: str
-    start: int
-    end: int
-
-
-@dataclass(frozen=True, slots=True)
-class Detector:
-    type: str
-    #: Breaks ties between overlapping spans of equal length: the higher value wins.
-    priority: int
-    precheck: Callable[[str], bool]
-    find: Callable[[str], Iterator[Span]]
-
+Finder = Callable[[str], Iterator[Span]]
 
 _A = re.ASCII
 # Digit-led patterns start with a digit class so that the regex engine can skip straight to
@@ -65,26 +31,35 @@ _SEVEN_DIGITS = re.compile(r"\d" + r"[ ().-]{0,2}\d" * 6, _A)
 _GITHUB_PREFIX = re.compile(r"gh[pousr]_|github_pat_", _A)
 
 
-def _has_digit(text: str) -> bool:
+def has_digit(text: str) -> bool:
     return _DIGIT.search(text) is not None
 
 
-def _has_seven_digits(text: str) -> bool:
+def has_seven_digits(text: str) -> bool:
     return _SEVEN_DIGITS.search(text) is not None
 
 
+def has_github_prefix(text: str) -> bool:
+    return _GITHUB_PREFIX.search(text) is not None
+
+
+_NON_DIGIT = re.compile(r"\D", _A)
+
+
 def _digits(s: str) -> str:
-    return "".join(c for c in s if c.isdigit())
+    return _NON_DIGIT.sub("", s)
 
 
 # --- EMAIL_ADDRESS ---------------------------------------------------------------------
 
-_EMAIL = re.compile(
-    r"(?<![\w.%+-])(?P<local>[A-Za-z0-9._%+-]{1,64})@"
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+(?P<tld>[A-Za-z]{2,24})"
+# Found from the "@" (a literal the regex engine searches for quickly); the local part is
+# then read backwards, at most 64 characters.
+_EMAIL_DOMAIN = re.compile(
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+(?P<tld>[A-Za-z]{2,24})"
     r"(?![\w-]|\.[A-Za-z0-9])(?P<scp>:\S)?",
     _A,
 )
+_EMAIL_LOCAL_CHARS = frozenset(string.ascii_letters + string.digits + "._%+-")
 # "icon@2x.png" is a file name, not an address.
 _FILE_EXTENSIONS = frozenset(
     "png jpg jpeg gif svg webp bmp ico tif tiff pdf txt log js mjs ts tsx jsx css scss "
@@ -92,16 +67,19 @@ _FILE_EXTENSIONS = frozenset(
 )
 
 
-def _find_emails(text: str) -> Iterator[Span]:
-    for m in _EMAIL.finditer(text):
-        local = m["local"]
-        if local[0] == "." or local[-1] == "." or ".." in local:
+def find_emails(text: str) -> Iterator[Span]:
+    for m in _EMAIL_DOMAIN.finditer(text):
+        at = start = m.start()
+        while start > 0 and text[start - 1] in _EMAIL_LOCAL_CHARS:
+            start -= 1
+        local = text[start:at]
+        if not local or len(local) > 64 or local[0] == "." or local[-1] == "." or ".." in local:
             continue
         if m["tld"].lower() in _FILE_EXTENSIONS:
             continue
         if m["scp"]:  # user@host:path is an scp/ssh remote such as git@github.com:org/repo
             continue
-        yield m.start(), m.end("tld")
+        yield start, m.end("tld")
 
 
 # --- PHONE_NUMBER ----------------------------------------------------------------------
@@ -134,7 +112,7 @@ def _boundary_before(text: str, start: int, forbidden: frozenset[str]) -> bool:
     return start == 0 or not (text[start - 1].isalnum() or text[start - 1] in forbidden)
 
 
-def _find_phones(text: str) -> Iterator[Span]:
+def find_phones(text: str) -> Iterator[Span]:
     for m in _PHONE_NANP.finditer(text):
         area = m["a1"] or m[0][:3]
         if area[0] in "01" or m["ex"][0] in "01":
@@ -174,7 +152,7 @@ def _valid_ssn(digits: str) -> bool:
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
 
 
-def _find_ssns(text: str) -> Iterator[Span]:
+def find_ssns(text: str) -> Iterator[Span]:
     for m in _SSN.finditer(text):
         if not _valid_ssn(_digits(m[0])):
             continue
@@ -185,6 +163,8 @@ def _find_ssns(text: str) -> Iterator[Span]:
 # --- CREDIT_CARD -----------------------------------------------------------------------
 
 _CARD = re.compile(r"\d(?<![\w.\-/+]\d)(?:[ -]?\d){12,18}" + _PHONE_END, _A)
+# Device identifiers (IMEI and friends) are Luhn-checked too.
+_CARD_NOT_AFTER = re.compile(r"\b(?:IMEI|MEID|IMSI)\b[\s:#.=-]*$", re.IGNORECASE | _A)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -197,7 +177,7 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _find_cards(text: str) -> Iterator[Span]:
+def find_cards(text: str) -> Iterator[Span]:
     for m in _CARD.finditer(text):
         raw = m[0]
         digits = _digits(raw)
@@ -207,6 +187,8 @@ def _find_cards(text: str) -> Iterator[Span]:
         if len(seps) > 1:
             continue
         if seps and not all(3 <= len(g) <= 6 for g in raw.split(seps.pop())):
+            continue
+        if _CARD_NOT_AFTER.search(text, max(0, m.start() - 12), m.start()):
             continue
         yield m.span()
 
@@ -234,7 +216,7 @@ def iban_ok(compact: str) -> bool:
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
 
-def _find_ibans(text: str) -> Iterator[Span]:
+def find_ibans(text: str) -> Iterator[Span]:
     for m in _IBAN.finditer(text):
         length = IBAN_LENGTHS.get(m["cc"])
         if length is None:
@@ -268,7 +250,7 @@ _IPV6 = re.compile(
 _HEX_DIGIT = re.compile(r"[0-9A-Fa-f]", _A)
 
 
-def _find_ips(text: str) -> Iterator[Span]:
+def find_ips(text: str) -> Iterator[Span]:
     for m in _IPV4.finditer(text):
         if _IPV4_NOT_AFTER.search(text, max(0, m.start() - 16), m.start()):
             continue
@@ -291,40 +273,50 @@ def _find_ips(text: str) -> Iterator[Span]:
 # --- secrets ---------------------------------------------------------------------------
 
 _API_KEY = re.compile(
-    r"(?<![\w-])(?:sk-(?P<body>[A-Za-z0-9_-]{20,})|sk_(?:live|test)_(?P<stripe>[A-Za-z0-9]{16,}))"
+    r"sk(?<![\w-]sk)(?:-(?P<body>[A-Za-z0-9_-]{20,})|_(?:live|test)_(?P<stripe>[A-Za-z0-9]{16,}))"
     r"(?![\w-])",
     _A,
 )
 _HAS_LETTER_AND_DIGIT = re.compile(r"(?=.*[A-Za-z])(?=.*\d)", _A | re.DOTALL)
 
 
-def _find_api_keys(text: str) -> Iterator[Span]:
+def find_api_keys(text: str) -> Iterator[Span]:
     for m in _API_KEY.finditer(text):
         if _HAS_LETTER_AND_DIGIT.match(m["body"] or m["stripe"]):
             yield m.span()
 
 
-_AWS = re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])", _A)
+_AWS = re.compile(r"A[KS]IA(?<![A-Za-z0-9]A[KS]IA)[A-Z0-9]{16}(?![A-Za-z0-9])", _A)
 _GITHUB = re.compile(
-    r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{40,244})"
+    r"g(?<![A-Za-z0-9_]g)(?:h[pousr]_[A-Za-z0-9]{36,251}|ithub_pat_[A-Za-z0-9_]{40,244})"
     r"(?![A-Za-z0-9_])",
     _A,
 )
 # A complete block, or a truncated one: the BEGIN line and whatever header and base64 lines
 # follow it (a pasted fragment of a key is still a leak). Also matches JSON-escaped "\n".
+# Either way it must hold key material: merely naming the armour lines is no leak.
 _PEM = re.compile(
     r"-----BEGIN (?P<kind>[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?)-----"
     r"(?:[\s\S]*?-----END (?P=kind)-----"
     r"|(?:(?:\s|\\n)+(?:[\w-]+:[^\n\\]*|[A-Za-z0-9+/=]{4,}))*)",
     _A,
 )
+_KEY_MATERIAL = re.compile(r"[A-Za-z0-9+/]{16}", _A)
+
+
+def find_private_keys(text: str) -> Iterator[Span]:
+    for m in _PEM.finditer(text):
+        if _KEY_MATERIAL.search(text, m.end("kind"), m.end()):
+            yield m.span()
+
+
 _JWT = re.compile(
-    r"(?<![\w-])(?P<header>eyJ[A-Za-z0-9_-]{8,})\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*(?![\w-])",
+    r"(?P<header>eyJ(?<![\w-]eyJ)[A-Za-z0-9_-]{8,})\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*(?![\w-])",
     _A,
 )
 
 
-def _regex_finder(pattern: re.Pattern[str]) -> Callable[[str], Iterator[Span]]:
+def _regex_finder(pattern: re.Pattern[str]) -> Finder:
     def find(text: str) -> Iterator[Span]:
         for m in pattern.finditer(text):
             yield m.span()
@@ -332,7 +324,7 @@ def _regex_finder(pattern: re.Pattern[str]) -> Callable[[str], Iterator[Span]]:
     return find
 
 
-def _find_jwts(text: str) -> Iterator[Span]:
+def find_jwts(text: str) -> Iterator[Span]:
     for m in _JWT.finditer(text):
         header = m["header"]
         try:
@@ -343,49 +335,5 @@ def _find_jwts(text: str) -> Iterator[Span]:
             yield m.span()
 
 
-# --- the registry and the scan ---------------------------------------------------------
-
-DETECTORS: tuple[Detector, ...] = (
-    Detector(PRIVATE_KEY, 100, lambda t: "PRIVATE KEY" in t, _regex_finder(_PEM)),
-    Detector(JWT, 90, lambda t: "eyJ" in t, _find_jwts),
-    Detector(GITHUB_TOKEN, 90, lambda t: _GITHUB_PREFIX.search(t) is not None, _regex_finder(_GITHUB)),
-    Detector(AWS_ACCESS_KEY, 90, lambda t: "AKIA" in t or "ASIA" in t, _regex_finder(_AWS)),
-    Detector(API_KEY, 80, lambda t: "sk-" in t or "sk_" in t, _find_api_keys),
-    Detector(IBAN, 70, _has_digit, _find_ibans),
-    Detector(CREDIT_CARD, 70, _has_seven_digits, _find_cards),
-    Detector(EMAIL_ADDRESS, 60, lambda t: "@" in t, _find_emails),
-    Detector(US_SSN, 50, _has_seven_digits, _find_ssns),
-    Detector(IP_ADDRESS, 40, _has_digit, _find_ips),
-    Detector(PHONE_NUMBER, 30, _has_seven_digits, _find_phones),
-)  # fmt: skip
-
-#: Every type name a finding can have, for placeholders and pre-initialised metric labels.
-DETECTOR_TYPES: tuple[str, ...] = tuple(sorted(d.type for d in DETECTORS))
-
-
-def scan(text: str) -> list[Finding]:
-    """Non-overlapping findings in ``text``, in text order."""
-    candidates: list[tuple[int, int, int, str]] = []
-    gates: dict[Callable[[str], bool], bool] = {}  # detectors share pre-checks: run each once
-    for det in DETECTORS:
-        passed = gates.get(det.precheck)
-        if passed is None:
-            passed = gates[det.precheck] = det.precheck(text)
-        if passed:
-            for start, end in det.find(text):
-                candidates.append((start - end, -det.priority, start, det.type))
-    if not candidates:
-        return []
-    candidates.sort()
-    starts: list[int] = []
-    kept: list[Finding] = []  # sorted by start, pairwise disjoint
-    for neg_length, _, start, typ in candidates:
-        end = start - neg_length
-        i = bisect_left(starts, start)
-        if i and kept[i - 1].end > start:
-            continue
-        if i < len(kept) and kept[i].start < end:
-            continue
-        starts.insert(i, start)
-        kept.insert(i, Finding(typ, start, end))
-    return kept
+find_github_tokens = _regex_finder(_GITHUB)
+find_aws_keys = _regex_finder(_AWS)
