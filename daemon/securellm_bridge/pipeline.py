@@ -98,12 +98,12 @@ class Pipeline:
         router: Router = self.rt.router
         ex.model = model if router.knows(model) else "unknown"
         authorize(principal, model)
-        est = estimate_tokens(body)
-        reservation = self.rt.limiter.admit(principal.key, est)
         if principal.key is not None:
             if not self.rt.usage.is_primed(principal.key):
                 await self.rt.usage.prime(principal.key)  # once per key and budget period
             self.rt.usage.check_budget(principal.key)
+        est = estimate_tokens(body)
+        reservation = self.rt.limiter.admit(principal.key, est)
         strategy = self._strategy(request, cfg)
         max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 256
         candidates = router.candidates(model, ex.route, strategy, est, max_out)
@@ -119,7 +119,7 @@ class Pipeline:
 
         try:
             if stream:
-                return await self._stream(request, ex, router, candidates, attempt_call, est)
+                return await self._stream(request, ex, router, candidates, attempt_call, est, reservation)
             reply, ex.outcome = await router.run(
                 candidates, lambda c: c.provider.complete(attempt_call(c)), self.rt.limiter.admit_provider, est)
             self._settle(ex, reply.usage, reservation)
@@ -131,7 +131,7 @@ class Pipeline:
             raise
 
     async def _stream(self, request: web.Request, ex: Exchange, router: Router, candidates: list[Candidate],
-                      attempt_call: Any, est: int) -> web.StreamResponse:
+                      attempt_call: Any, est: int, reservation: Any) -> web.StreamResponse:
         async def open_and_peek(c: Candidate) -> tuple[UpstreamStream, Any, bytes]:
             # Retry and fallback stay possible until the first byte: peek it before answering.
             upstream = await c.provider.open_stream(attempt_call(c))
@@ -164,7 +164,7 @@ class Pipeline:
             await resp.write(b"data: " + body + b"\n\n")
         finally:
             await upstream.aclose()
-            self._settle(ex, upstream.usage, None)
+            self._settle(ex, upstream.usage, reservation)
         await resp.write_eof()
         self._finish(ex, resp)
         return resp

@@ -119,6 +119,7 @@ class Router:
                     cand.stats.fail(exc.message)
                     last = exc
                     if not exc.retryable:
+                        reservation.settle(0)  # type: ignore[attr-defined]
                         raise
                     delay = self._backoff(n, exc.retry_after)
                     if n == max_retries or delay is None or not cand.stats.breaker.allow():
@@ -129,10 +130,12 @@ class Router:
                     continue
                 except BaseException:
                     cand.stats.breaker.release()
+                    reservation.settle(0)  # type: ignore[attr-defined]
                     raise
                 elapsed = time.monotonic() - started
                 cand.stats.observe(elapsed)
                 return result, Outcome(cand, retries, index > 0, elapsed, reservation)
+            reservation.settle(0)  # type: ignore[attr-defined]  # nothing was served: refund the estimate
         if last is None:
             raise Unavailable("no provider is available for this model", retry_after=1)
         raise last
