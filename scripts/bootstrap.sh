@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Build deps of systemd-python (libsystemd-dev, pkg-config, gcc, headers), plus what the
-# integration tests run for real: systemd-journald and systemd-nspawn.
+# integration tests run for real: systemd-journald and systemd-nspawn; nix-bin parses the Nix files.
 packages=(python3 python3-venv python3-dev gcc make pkg-config libsystemd-dev systemd systemd-container
-          util-linux iproute2 curl)
+          util-linux iproute2 curl nix-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,11 +24,15 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+pip_quiet() {  # pip's output goes to .venv/pip.log, and is shown only when pip fails
+  .venv/bin/python -m pip install --disable-pip-version-check "$@" >.venv/pip.log 2>&1 \
+    || { cat .venv/pip.log >&2; echo "bootstrap: pip install $* failed" >&2; exit 1; }
+}
+pip_quiet --upgrade pip
 if [ "${1:-}" = "--wheel" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+  pip_quiet ".[test]"
 else
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+  pip_quiet -e ".[test]"
 fi
 .venv/bin/python -c "import securellm_bridge, securellmctl, systemd.journal" \
   || { echo "bootstrap: the venv is broken" >&2; exit 1; }
