@@ -54,7 +54,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("CREDIT_CARD", 70, d.has_seven_digits, d.find_cards),
     Detector("EMAIL_ADDRESS", 60, lambda t: "@" in t, d.find_emails),
     Detector("US_SSN", 50, d.has_seven_digits, d.find_ssns),
-    Detector("IP_ADDRESS", 40, d.has_digit, d.find_ips),
+    Detector("IP_ADDRESS", 40, d.has_ip_shape, d.find_ips),
     Detector("PHONE_NUMBER", 30, d.has_seven_digits, d.find_phones),
 )
 

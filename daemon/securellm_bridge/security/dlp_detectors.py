@@ -29,6 +29,7 @@ _DIGIT = re.compile(r"\d", _A)
 # Phone numbers, SSNs and card numbers all have at least seven digits close together.
 _SEVEN_DIGITS = re.compile(r"\d" + r"[ ().-]{0,2}\d" * 6, _A)
 _GITHUB_PREFIX = re.compile(r"gh[pousr]_|github_pat_", _A)
+_DOTTED = re.compile(r"\d\.\d{1,3}\.\d", _A)
 
 
 def has_digit(text: str) -> bool:
@@ -37,6 +38,10 @@ def has_digit(text: str) -> bool:
 
 def has_seven_digits(text: str) -> bool:
     return _SEVEN_DIGITS.search(text) is not None
+
+
+def has_ip_shape(text: str) -> bool:
+    return _DOTTED.search(text) is not None or "::" in text or text.count(":") >= 6
 
 
 def has_github_prefix(text: str) -> bool:

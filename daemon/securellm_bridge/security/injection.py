@@ -7,7 +7,8 @@ A documented, deterministic rule set (see "Prompt-injection screening" in ``docs
   runs when one of them is in the text;
 * hidden Unicode: zero-width characters inside words or in runs, bidi embedding/override/
   isolate controls, and Unicode tag characters (U+E0000-U+E007F), which are decoded to ASCII
-  and screened again; text with invisible characters removed is screened again too;
+  and screened again; non-ASCII text is screened again with invisible characters removed
+  and NFKC-normalised (full-width letters read as ASCII);
 * base64 blobs (24+ characters) that decode to text, screened again (two levels deep).
 
 Screening is a heuristic: it raises the cost of the common attacks and makes them visible in
@@ -20,6 +21,7 @@ import base64
 import binascii
 import re
 import string
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,8 +38,10 @@ JAILBREAK = "jailbreak"
 HIDDEN = "hidden_unicode"
 ENCODED = "encoded_payload"
 
-#: Roles whose content is written by the operator's application, not by its users.
-TRUSTED_ROLES = frozenset({"system", "developer"})
+#: Roles not screened: the operator's own application writes ``system`` and ``developer``
+#: messages, and ``assistant`` messages are the model's earlier answers replayed by the client
+#: (screening them would flag every later turn once the model has quoted an attack).
+UNSCREENED_ROLES = frozenset({"system", "developer", "assistant"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +80,16 @@ def _rule(rule: str, category: str, words: str, pattern: str, *, substrings: str
 
 
 def _each(starts: str, rest: str) -> str:
-    """``(?:a|b)rest`` written as ``a rest|b rest``, so that each alternative starts with a
-    literal (the regex engine only skips ahead for patterns that do)."""
+    """``(?:a|b)rest`` as ``a rest|b rest``: the regex engine skips ahead only to literals."""
     return "|".join(f"{start}{rest}" for start in starts.split())
 
 
 # Override verbs count only as a command: at the start of a line or clause, or after a word
 # such as "please" or "must". "Why does Llama ignore the system prompt?" is a question.
 _COMMAND_BEFORE = re.compile(
-    r"(?:^|[.!?:;,\"'(\[{*>\-\u2013\u2014\u2018\u201c\u00ab]|\b(?:please|kindly|now|then|and|so|"
-    r"just|must|should|will|to|pls))\s*$",
+    r"(?:^|[.!?:;,\"'(\[{*>\-\u2013\u2014\u2018\u201c\u00ab\u00bf\u00a1\u3001\u3002\u300a"
+    r"\u300c\u300e\u3010\uff01\uff08\uff0c\uff1a\uff1b\uff1f]"
+    r"|\b(?:please|kindly|now|then|and|so|just|must|should|will|to|pls))\s*$",
     re.MULTILINE,
 )
 # A forged header ("New instructions:") starts a line, a sentence or a clause, or follows
@@ -96,9 +100,12 @@ _LINE_START_BEFORE = re.compile(r"^\s*$", re.MULTILINE)
 _DAN_ROLE_BEFORE = re.compile(
     r"(?:\b(?i:as|are|be|become|called|named|play|playing|now)|['\u2019]re)\s+$")
 _CONTEXT_CHARS = 24
-# Punctuation becomes a space before the text is split into trigger words.
-_PUNCTUATION = str.maketrans(dict.fromkeys(
-    string.punctuation + "\u2018\u2019\u201c\u201d\u00ab\u00bb\u2013\u2014\u2026\u00bf\u00a1", " "))
+# Punctuation, symbols and format characters become spaces before the text is split into
+# trigger words: ASCII, Latin-1, General Punctuation, CJK and full-width forms.
+_SEPARATORS = str.maketrans(dict.fromkeys(string.punctuation + "".join(
+    chr(c) for lo, hi in ((0xA0, 0xBF), (0x2000, 0x206F), (0x3000, 0x303F), (0xFE30, 0xFE4F),
+                          (0xFF00, 0xFF0F), (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF65))
+    for c in range(lo, hi + 1) if unicodedata.category(chr(c))[0] in "PSZC"), " "))
 
 _DETERMINERS = r"(?:(?:all|any|every|each|of|the|your|these|those|such|other)\s+)*"
 _EARLIER = (r"(?:previous|prior|preceding|above|earlier|foregoing|former|original|initial|"
@@ -275,10 +282,7 @@ _ZW_RUN = re.compile(rf"{_INVISIBLE_CLASS}{{2,}}")
 # --- base64 ----------------------------------------------------------------------------
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
-_MAX_BLOBS = 32
-_MAX_BLOB_CHARS = 65536
-_MAX_DEPTH = 2
-_PRINTABLE_RATIO = 0.9
+_MAX_BLOBS, _MAX_BLOB_CHARS, _MAX_DEPTH, _PRINTABLE_RATIO = 32, 65536, 2, 0.9
 
 
 def _decode_tags(run: str) -> str:
@@ -287,8 +291,7 @@ def _decode_tags(run: str) -> str:
 
 def _decode_base64(blob: str) -> str | None:
     """The blob decoded as UTF-8 text, or None when it is not base64 of mostly printable text."""
-    blob = blob.rstrip("=")
-    blob = blob[: len(blob) - len(blob) % 4]
+    blob = blob.rstrip("=")[: len(blob.rstrip("=")) // 4 * 4]
     try:
         if "-" in blob or "_" in blob:
             raw = base64.urlsafe_b64decode(blob)
@@ -312,7 +315,7 @@ class _Screen:
 
     def phrases(self, text: str) -> None:
         lowered = text.lower()
-        words = set(lowered.translate(_PUNCTUATION).split())
+        words = set(lowered.translate(_SEPARATORS).split())
         for rule in PHRASE_RULES:
             if rule.flag in self.flags:
                 continue
@@ -329,13 +332,18 @@ class _Screen:
             self.phrases(_decode_tags(m[0]))
         if _BIDI.search(text):
             self.add(_BIDI_FLAG)
+        visible = text
         if _INVISIBLE.search(text):
             if _ZW_IN_WORD.search(text):
                 self.add(_ZW_WORD_FLAG)
             if _ZW_RUN.search(text):
                 self.add(_ZW_RUN_FLAG)
             # "ig<ZWSP>nore previous instructions" must not slip past the phrase rules.
-            self.phrases(_INVISIBLE.sub("", _TAGS.sub("", text)))
+            visible = _INVISIBLE.sub("", _TAGS.sub("", text))
+        # Neither must full-width or other compatibility forms of the letters.
+        normalized = unicodedata.normalize("NFKC", visible)
+        if normalized != text:
+            self.phrases(normalized)
 
     def encoded(self, text: str, depth: int) -> None:
         for i, m in enumerate(_BASE64.finditer(text)):
@@ -365,11 +373,11 @@ def screen(text: str) -> list[Flag]:
 
 
 def screen_chat_body(body: dict[str, Any]) -> list[Flag]:
-    """Screen the untrusted text of a request body: every chat message except those with a
-    ``system`` or ``developer`` role, and the completions ``prompt`` (embeddings ``input``
-    is not an instruction to a model and is not screened)."""
+    """Screen the untrusted text of a request body: user and tool messages (every role not in
+    ``UNSCREENED_ROLES``) and the completions ``prompt`` (embeddings ``input`` is not an
+    instruction to a model and is not screened)."""
     flags: dict[Flag, None] = {}
-    for container, key in text_slots(body, skip_roles=TRUSTED_ROLES, include_input=False):
+    for container, key in text_slots(body, skip_roles=UNSCREENED_ROLES, include_input=False):
         for flag in screen(container[key]):
             flags.setdefault(flag, None)
     return list(flags)
