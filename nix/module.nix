@@ -323,13 +323,14 @@ in
       "localhost"
     ]) "services.securellm-bridge: openFirewall is set but the listener is on loopback (listenAddress).";
 
-    services.securellm-bridge.settings = {
-      local.model_dirs = lib.mkIf (cfg.models.dirs != [ ]) cfg.models.dirs;
-      backends.llamacpp.binary = lib.mkIf (cfg.llamaCpp.package != null) (
-        lib.getExe' cfg.llamaCpp.package "llama-server"
-      );
-      backends.ollama.binary = lib.mkIf cfg.ollama.enable (lib.getExe cfg.ollama.package);
-    };
+    # Whole definitions under mkIf: a nested one would still leave an empty table behind.
+    services.securellm-bridge.settings = lib.mkMerge [
+      (lib.mkIf (cfg.models.dirs != [ ]) { local.model_dirs = cfg.models.dirs; })
+      (lib.mkIf (cfg.llamaCpp.package != null) {
+        backends.llamacpp.binary = lib.getExe' cfg.llamaCpp.package "llama-server";
+      })
+      (lib.mkIf cfg.ollama.enable { backends.ollama.binary = lib.getExe cfg.ollama.package; })
+    ];
 
     users.users = lib.mkIf (cfg.user == "securellm") {
       securellm = {

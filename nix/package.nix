@@ -81,11 +81,9 @@ buildPythonApplication {
   pythonRelaxDeps = true;
 
   nativeCheckInputs = [ pytestCheckHook ] ++ testDependencies;
-  # The fast suite. Slow tests start real daemons, journald and systemd (CI runs them).
-  pytestFlags = [
-    "-m"
-    "not slow"
-  ];
+  # The fast suite: pytest -m "not slow". Slow tests start real daemons, journald and systemd
+  # (CI runs them with --slow); without --slow conftest.py deselects them as well.
+  disabledTestMarks = [ "slow" ];
   # It checks the unit and the Nix files with systemd-analyze and nix-instantiate, and those
   # files are not part of this source.
   disabledTestPaths = [ "tests/test_packaging.py" ];
