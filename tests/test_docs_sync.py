@@ -48,4 +48,5 @@ def test_example_config_is_valid_and_mentions_every_key() -> None:
     parse_text(text, "config.example.toml", env={}, resolve_secrets=False)
     for section, keys in _sections(Config).items():
         for k in keys:
-            assert re.search(rf"^#? ?{k} = ", text, re.M), f"{section}.{k} not in config.example.toml"
+            table = re.escape(f"[{section}.{k}]".replace(".NAME", ""))
+            assert re.search(rf"^#? ?{k} = |^{table}", text, re.M), f"{section}.{k} not in config.example.toml"

@@ -25,6 +25,9 @@ FALLBACKS = Counter("securellm_fallbacks_total", "Requests answered by a provide
 RETRIES = Counter("securellm_retries_total", "Upstream attempts that were retried.", ["provider"])
 RATE_LIMITED = Counter("securellm_rate_limit_rejections_total", "Requests rejected by a rate limit or budget.",
                        ["scope"])
+REDACTIONS = Counter("securellm_dlp_redactions_total", "Sensitive values found in prompts, by type.", ["type"])
+INJECTION_FLAGS = Counter("securellm_injection_flags_total", "Prompt-injection rule matches, by category.",
+                          ["category"])
 IN_FLIGHT = Gauge("securellm_in_flight_requests", "Inference requests being served now.")
 
 _request_children: dict[tuple[str, str, str, str], Counter] = {}
@@ -68,3 +71,13 @@ def count_tokens(provider: str, model: str, prompt: int, completion: int, cost: 
         children[1].inc(completion)
     if cost:
         children[2].inc(cost)
+
+
+def count_redactions(counts: "dict[str, int]") -> None:
+    for kind, n in counts.items():
+        REDACTIONS.labels(kind).inc(n)
+
+
+def count_injection(flags: "tuple[object, ...]") -> None:
+    for flag in flags:
+        INJECTION_FLAGS.labels(getattr(flag, "category")).inc()

@@ -1,7 +1,7 @@
 """The request path, top to bottom.
 
-    read body → validate → authenticate → authorize → rate-limit & budget → (DLP / screen)
-    → route → call upstream with retry & fallback → respond or stream → account → audit → metrics
+    read body → validate → authenticate → authorize → budget & rate limit → DLP → injection
+    screen → route → call upstream with retry & fallback → respond or stream → account → audit → metrics
 
 Every stage raises a :class:`BridgeError`; ``handle`` turns it into the OpenAI error shape
 in one place (``api/errors.py``). Streams are accounted when they end, however they end.
@@ -28,6 +28,7 @@ from .providers.base import Call, Route, UpstreamFailure, UpstreamStream
 from .providers.openai_shapes import TokenUsage
 from .router.pricing import cost
 from .router.router import Candidate, Outcome, Router
+from .security import dlp, injection
 from .security.ratelimit import estimate_tokens
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class Exchange:
     usage: TokenUsage = TokenUsage()
     cost: float = 0.0
     outcome: Outcome | None = None
+    redactions: int = 0
+    injection_rules: tuple[str, ...] = ()
 
     def headers(self) -> dict[str, str]:
         return {"x-request-id": self.request_id, "x-securellm-provider": self.provider}
@@ -104,12 +107,19 @@ class Pipeline:
             self.rt.usage.check_budget(principal.key)
         est = estimate_tokens(body)
         reservation = self.rt.limiter.admit(principal.key, est)
+        passthrough: bytes | None = raw
+        try:
+            if self._protect(ex, body, principal, cfg):
+                passthrough = None  # the body was redacted: it must be re-serialized for the upstream
+        except BaseException:
+            reservation.settle(0)
+            raise
         strategy = self._strategy(request, cfg)
         max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 256
         candidates = router.candidates(model, ex.route, strategy, est, max_out)
         stream = bool(body.get("stream"))
         opts = body.get("stream_options") or {}
-        call = Call(ex.request_id, ex.route, model, body, raw, stream, bool(opts.get("include_usage")),
+        call = Call(ex.request_id, ex.route, model, body, passthrough, stream, bool(opts.get("include_usage")),
                     int(time.time()))
 
         def attempt_call(c: Candidate) -> Call:
@@ -168,6 +178,30 @@ class Pipeline:
         await resp.write_eof()
         self._finish(ex, resp)
         return resp
+
+    def _protect(self, ex: Exchange, body: dict[str, Any], principal: Principal, cfg: Config) -> bool:
+        """DLP then injection screening; returns whether the body was modified."""
+        key = principal.key
+        mode = (key.dlp_mode if key is not None and key.dlp_mode else None) or cfg.security.dlp.mode
+        modified = False
+        if mode != "off":
+            found = dlp.apply(body, mode)  # type: ignore[arg-type]
+            if found.counts:
+                ex.redactions = sum(found.counts.values())
+                metrics.count_redactions(found.counts)
+                if found.blocked:
+                    raise dlp.blocked_error(found)
+                modified = True
+        if cfg.security.injection.mode != "off":
+            screened = injection.apply(body, cfg.security.injection.mode)
+            if screened.flags:
+                ex.injection_rules = tuple(sorted({f.rule for f in screened.flags}))
+                metrics.count_injection(screened.flags)
+                log.warning("request %s matches prompt-injection rules: %s", ex.request_id,
+                            ", ".join(ex.injection_rules))
+                if screened.blocked:
+                    raise injection.blocked_error(screened)
+        return modified
 
     def _strategy(self, request: web.Request, cfg: Config) -> Any:
         wanted = request.headers.get(STRATEGY_HEADER)

@@ -36,6 +36,7 @@ class KeyPolicy:
     tpm: int | None = None
     max_budget: float | None = None
     budget_period: str = "month"
+    dlp_mode: str | None = None
 
     def check(self) -> None:
         for name in ("rpm", "tpm"):
@@ -47,6 +48,8 @@ class KeyPolicy:
         if self.budget_period not in BUDGET_PERIODS:
             raise InvalidRequest(f"budget_period must be one of {', '.join(BUDGET_PERIODS)}",
                                  param="budget_period")
+        if self.dlp_mode not in (None, "off", "redact", "block"):
+            raise InvalidRequest("dlp_mode must be off, redact or block", param="dlp_mode")
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ class KeyService:
         row = KeyRow(id="key_" + secrets.token_hex(6), key_sha256=hash_key(plaintext), owner=owner,
                      allowed_models=tuple(dict.fromkeys(allowed_models)), created_at=time.time(),
                      last_used_at=None, revoked=False, revoked_at=None, rpm=policy.rpm, tpm=policy.tpm,
-                     max_budget=policy.max_budget, budget_period=policy.budget_period)
+                     max_budget=policy.max_budget, budget_period=policy.budget_period,
+                     dlp_mode=policy.dlp_mode)
         await self._db.call(sql.insert, row)
         self._by_id[row.id] = row
         self._by_hash[row.key_sha256] = row

@@ -23,25 +23,27 @@ class KeyRow:
     #: Spending cap in the price table's currency per ``budget_period``; None: no cap.
     max_budget: float | None = None
     budget_period: str = "month"
+    #: "off" | "redact" | "block"; None: the configured ``[security.dlp] mode``.
+    dlp_mode: str | None = None
 
     def allows_model(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
 
 
 _COLUMNS = ("id, key_sha256, owner, allowed_models, created_at, last_used_at, revoked, revoked_at, "
-            "rpm, tpm, max_budget, budget_period")
+            "rpm, tpm, max_budget, budget_period, dlp_mode")
 
 
 def _row(r: tuple) -> KeyRow:  # type: ignore[type-arg]
-    return KeyRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], bool(r[6]), r[7], r[8], r[9], r[10], r[11])
+    return KeyRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], bool(r[6]), r[7], r[8], r[9], r[10], r[11], r[12])
 
 
 def insert(conn: sqlite3.Connection, row: KeyRow) -> None:
     conn.execute(
-        f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (row.id, row.key_sha256, row.owner, json.dumps(list(row.allowed_models)), row.created_at,
          row.last_used_at, int(row.revoked), row.revoked_at, row.rpm, row.tpm, row.max_budget,
-         row.budget_period),
+         row.budget_period, row.dlp_mode),
     )
 
 

@@ -41,4 +41,8 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX usage_daily_by_key ON usage_daily (key_id, day);
     """,
+    # 4: per-key DLP mode override (NULL: [security.dlp] mode).
+    """
+    ALTER TABLE api_keys ADD COLUMN dlp_mode TEXT;
+    """,
 )
