@@ -192,7 +192,8 @@ class Container:
                     shutil.rmtree(leftover, ignore_errors=True)
                 elif leftover.exists():
                     leftover.unlink()
-            for parent in (NSPAWN_RUN_DIR / "propagate", NSPAWN_RUN_DIR / "unix-export", NSPAWN_RUN_DIR):
+            # Only when empty: another container may be using them.
+            for parent in (*(NSPAWN_RUN_DIR / d for d in ("propagate", "unix-export", "locks")), NSPAWN_RUN_DIR):
                 try:
                     parent.rmdir()
                 except OSError:

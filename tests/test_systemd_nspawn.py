@@ -49,6 +49,10 @@ def _code_dirs() -> set[Path]:
     return dirs
 
 
+def _under_home(path: Path) -> bool:
+    return any(path.is_relative_to(home) for home in HOME_DIRS)
+
+
 def _credentials(config: str) -> list[str]:
     """The names of the ``"cred:NAME"`` secrets that ``config`` uses (comments ignored)."""
     lines = (line.split("#", 1)[0] for line in config.splitlines())
@@ -63,7 +67,7 @@ def _drop_in(credentials: list[str]) -> str:
              # systemd may unload the unit once it is inactive, and with it Result= and
              # ExecMain*=; keep each run's outcome (privileged: outside the sandbox).
              f"ExecStopPost=+/bin/sh -c 'echo \"$$SERVICE_RESULT $$EXIT_CODE $$EXIT_STATUS\" >>{EXITS}'"]
-    under_home = sorted(d for d in _code_dirs() if any(d.is_relative_to(h) for h in HOME_DIRS))
+    under_home = sorted(d for d in _code_dirs() if _under_home(d))
     if under_home:
         # ProtectHome=yes would hide this checkout's interpreter: show only those directories.
         lines += ["ProtectHome=tmpfs", "BindReadOnlyPaths=" + " ".join(str(d) for d in under_home)]
@@ -85,10 +89,11 @@ def container(tmp_path: Path) -> Iterator[Container]:
         c.write("/etc/tmpfiles.d/securellm-bridge.conf", (packaging / "tmpfiles.d/securellm-bridge.conf").read_text())
         c.write("/etc/securellm/config.toml", config)
         init_dir(c.path("/etc/securellm/tls"))
-        # Users of securellmctl run this checkout's venv, which may lie under /root (0700).
-        for home in HOME_DIRS:
-            if c.path(str(home)).is_dir():
-                c.path(str(home)).chmod(0o755)
+        # Users of securellmctl run this checkout's venv, which may lie under /root (0700):
+        # let others traverse (in the overlay only) the home directories above it.
+        for parent in {p for d in _code_dirs() for p in (d, *d.parents) if _under_home(p)}:
+            inside = c.path(str(parent))
+            inside.chmod(inside.stat().st_mode | 0o001)
         c.boot(("systemd.unit=sllm-test.target",))
         # As docs/INSTALL.md says: the daemon's group may read the server key, nothing else.
         c.run("chgrp", "securellm", "/etc/securellm/tls/server.key")
