@@ -16,8 +16,10 @@ from typing import Any
 
 from . import config as config_mod
 from . import logs
+from .audit import AuditLog
 from .config import LoadedConfig
 from .config.binder import toml_name
+from .config.secrets import Secret
 from .control.server import ControlServer
 from .api.server import HttpServer
 from .lifecycle import Notifier
@@ -27,6 +29,7 @@ from .providers.base import Provider
 from .router.router import Router
 from .security.keys import KeyService
 from .security.ratelimit import RateLimiter
+from .errors import ConfigErrors
 from .store import Database
 from .usage import UsageRecorder
 
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 #: Config keys that are read once at start; a change is reported and needs a restart.
 RESTART_KEYS = ("server.listen", "control.socket", "control.socket_mode", "control.socket_group", "state.dir",
                 "security.tls.enabled", "limits.max_header_bytes", "limits.max_body_bytes")
+RESTART_KEYS += AuditLog.RESTART_KEYS
 KEY_FLUSH_INTERVAL_S = 5.0
 
 
@@ -50,7 +54,7 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}{toml_name(f)}"
-        if dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(value) and not isinstance(value, Secret):  # a Secret is one key
             out.update(_flatten(value, key + "."))
         else:
             out[key] = value
@@ -72,6 +76,7 @@ class Runtime:
         self.config_loaded_at = self.started_at
         self.listeners: list[tuple[str, str, str]] = []
         self.db: Database | None = None
+        self.audit = AuditLog(loaded.config.security.audit, loaded.config.state.dir)
         self.keys: KeyService
         self.usage: UsageRecorder
         self.control: ControlServer | None = None
@@ -91,6 +96,8 @@ class Runtime:
         cfg = self.config
         self.notifier.status("Opening state database")
         self.db = await Database.open(cfg.state.dir)
+        self.notifier.status("Opening audit log")
+        await self.audit.start()
         self.keys = KeyService(self.db)
         self.usage = UsageRecorder(self.db)
         await self.keys.load()
@@ -120,7 +127,11 @@ class Runtime:
         async with self._reload_lock:
             path = self.loaded.path
             loop = asyncio.get_running_loop()
-            new = await loop.run_in_executor(None, config_mod.load, path)
+            try:
+                new = await loop.run_in_executor(None, config_mod.load, path)
+            except ConfigErrors as exc:
+                self.audit.config_reload_failed(path, exc)
+                raise
             changed = changed_keys(self.config, new.config)
             restart = tuple(k for k in changed if k in RESTART_KEYS)
             applied = tuple(k for k in changed if k not in RESTART_KEYS)
@@ -140,6 +151,8 @@ class Runtime:
             self.loaded = new
             self.config_loaded_at = time.time()
             logs.set_level(new.config.log.level)
+            self.audit.config_reloaded(path, changed, restart)
+            self.audit.configure(new.config.security.audit)
             return ReloadResult(path, applied, restart)
 
     async def stop(self) -> None:
@@ -159,6 +172,7 @@ class Runtime:
             await self.keys.flush()
             await self.usage.stop()
             await self.db.close()
+        await self.audit.close()
 
     async def _flush_keys_periodically(self) -> None:
         while True:

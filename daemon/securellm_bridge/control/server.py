@@ -16,9 +16,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .._pb import keys_pb2, keys_pb2_grpc, system_pb2, system_pb2_grpc, usage_pb2, usage_pb2_grpc
+from .._pb import audit_pb2, audit_pb2_grpc, keys_pb2, keys_pb2_grpc, system_pb2, system_pb2_grpc, usage_pb2, usage_pb2_grpc
 from ..config.schema import ControlConfig
 from ..errors import StateError
+from .audit import AuditServicer
 from .errors import ErrorInterceptor
 from .keys import KeysServicer
 from .system import SystemServicer
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 SERVICE_NAMES = (
     system_pb2.DESCRIPTOR.services_by_name["System"].full_name,
     keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
     usage_pb2.DESCRIPTOR.services_by_name["Usage"].full_name,
 )
 
@@ -41,7 +43,8 @@ class ControlServer:
         self._server = grpc.aio.server(interceptors=[ErrorInterceptor()],
                                        options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
         system_pb2_grpc.add_SystemServicer_to_server(SystemServicer(runtime), self._server)
-        keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(runtime.keys), self._server)
+        keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(runtime.keys, runtime.audit), self._server)
+        audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(runtime), self._server)
         usage_pb2_grpc.add_UsageServicer_to_server(UsageServicer(runtime.usage, runtime.keys), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

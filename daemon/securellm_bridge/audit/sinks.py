@@ -1,0 +1,150 @@
+"""Where audit records go: journald, and JSONL files with rotation and retention.
+
+Both sinks are used only from the audit writer thread. ``journal.sendv`` returns silently
+when journald's socket is missing and raises ``ConnectionRefusedError`` on a stale one, so
+:class:`JournalSink` checks the socket first and turns both cases into
+:class:`JournalUnavailable`; the writer then falls back to a file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import stat
+import time
+from pathlib import Path
+from typing import Literal, Mapping, Sequence
+
+from systemd import journal
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+DAY_S = 86400
+_STAMP_RE = re.compile(r"^\.\d{8}T\d{12}Z$")
+
+
+class JournalUnavailable(Exception):
+    """journald is not running (no socket) or not accepting (stale socket)."""
+
+
+class JournalSink:
+    def __init__(self, socket_path: str = JOURNAL_SOCKET) -> None:
+        self.socket_path = socket_path
+
+    def check(self) -> None:
+        try:
+            mode = os.stat(self.socket_path).st_mode
+        except OSError as exc:
+            raise JournalUnavailable(f"no journald socket at {self.socket_path} ({exc.strerror})") from None
+        if not stat.S_ISSOCK(mode):
+            raise JournalUnavailable(f"{self.socket_path} is not a socket")
+
+    def write(self, fields: Mapping[str, str]) -> None:
+        """Send one record; raises JournalUnavailable, or OSError for anything else."""
+        try:
+            journal.sendv(*(f"{k}={v}" for k, v in fields.items()))
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            raise JournalUnavailable(f"journald refused the record ({exc.strerror})") from None
+
+
+def to_line(fields: Mapping[str, str]) -> str:
+    return json.dumps(dict(fields), ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def rotated_files(path: Path) -> list[Path]:
+    """The rotated siblings of a JSONL sink, oldest first (their names sort by time)."""
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    prefix = path.name
+    return sorted(path.parent / n for n in names
+                  if n.startswith(prefix) and _STAMP_RE.match(n[len(prefix):]))
+
+
+def file_set(path: Path) -> list[Path]:
+    """A sink's whole trail in order: rotated files, then the current one (when present)."""
+    return rotated_files(path) + ([path] if path.exists() else [])
+
+
+class FileSink:
+    """Appends JSONL records to ``path`` (mode 0600) and rotates it by day (UTC) or size."""
+
+    def __init__(self, path: Path, rotate: Literal["daily", "size"] = "daily",
+                 max_bytes: int = 100 * 1024 * 1024, retention_days: int = 30) -> None:
+        self.path = path
+        self.rotate = rotate
+        self.max_bytes = max_bytes
+        self.retention_days = retention_days
+        self._fd: int | None = None
+        self._size = 0
+        self._day = ""
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            st = os.fstat(self._fd)
+            self._size = st.st_size
+            self._day = _day(st.st_mtime) if st.st_size else _day(time.time())
+            self._expire()
+        return self._fd
+
+    def write(self, records: Sequence[Mapping[str, str]]) -> None:
+        """Append records (one ``write`` per batch unless a rotation falls inside it)."""
+        self._open()
+        pending: list[bytes] = []
+        pending_size = 0
+        for fields in records:
+            data = to_line(fields).encode("utf-8")
+            if self._due(self._size + pending_size, len(data)):
+                self._flush(pending)
+                pending, pending_size = [], 0
+                self._rotate()
+            pending.append(data)
+            pending_size += len(data)
+        self._flush(pending)
+
+    def _due(self, current: int, incoming: int) -> bool:
+        if current == 0:
+            return False
+        if self.rotate == "daily":
+            return self._day != _day(time.time())
+        return current + incoming > self.max_bytes
+
+    def _flush(self, chunks: list[bytes]) -> None:
+        if not chunks:
+            return
+        data = b"".join(chunks)
+        fd = self._open()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self.close()
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.{stamp}"))
+        self._open()
+
+    def _expire(self) -> None:
+        if self.retention_days <= 0:
+            return
+        cutoff = time.time() - self.retention_days * DAY_S
+        for old in rotated_files(self.path):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except FileNotFoundError:
+                continue
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _day(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d")
