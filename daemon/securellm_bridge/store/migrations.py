@@ -45,4 +45,24 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE api_keys ADD COLUMN dlp_mode TEXT;
     """,
+    # 5: local GGUF models found by the registry: one row per file, each with a unique name.
+    """
+    CREATE TABLE models (
+        id             INTEGER PRIMARY KEY,
+        name           TEXT NOT NULL UNIQUE,
+        path           TEXT NOT NULL UNIQUE,
+        format         TEXT NOT NULL DEFAULT 'gguf',
+        size_bytes     INTEGER,
+        mtime_ns       INTEGER,
+        architecture   TEXT,
+        layer_count    INTEGER,
+        context_length INTEGER,
+        quantization   TEXT,
+        created_at     REAL NOT NULL,
+        last_scanned   REAL NOT NULL,
+        status         TEXT NOT NULL CHECK (status IN ('ok', 'missing', 'corrupt')),
+        error          TEXT,
+        metadata       TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
 )
