@@ -144,6 +144,7 @@ def test_seq_continues_across_restart_and_sigkill(journald: Journal, make_daemon
     assert [x["SECURELLM_OWNER"] for x in records][-1] == "three"
     r = verify(d, "--since", f"@{journald.since:.6f}")
     assert r.returncode == 0 and "seq 1..3" in r.stdout, r.stdout
+    assert json.loads(ctl_ok(d, "status", "--json"))["counts"]["audit_seq"] == "3"
 
 
 def test_verify_file_sink_detects_deleted_modified_and_reordered(journald: Journal, make_daemon: Callable[..., Daemon],
@@ -248,4 +249,3 @@ def test_query_and_tail(journald: Journal, daemon: Daemon) -> None:
     finally:
         follower.terminate()
         follower.wait(timeout=10)
-    daemon.stop()  # an open tail does not hold up the stop

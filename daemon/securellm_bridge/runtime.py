@@ -116,7 +116,7 @@ class Runtime:
         self.state = "ready"
 
     def counts(self) -> dict[str, int]:
-        return dict(self.keys.counts())
+        return {**self.keys.counts(), "audit_seq": self.audit.last_seq}
 
     def status_line(self) -> str:
         where = ", ".join(addr for _, addr, _ in self.listeners)
