@@ -11,6 +11,7 @@ from typing import Literal
 
 from . import checks
 from .limits import LimitsConfig
+from .local import BackendsConfig, LocalConfig, VramConfig
 from .providers import ProviderConfig, RouterConfig
 from .security import SecurityConfig
 
@@ -69,6 +70,9 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     router: RouterConfig = field(default_factory=RouterConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    vram: VramConfig = field(default_factory=VramConfig)
+    backends: BackendsConfig = field(default_factory=BackendsConfig)
 
     def __post_init__(self) -> None:
         for alias, targets in self.router.aliases.items():
