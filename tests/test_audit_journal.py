@@ -19,7 +19,10 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from securellm_bridge._pb import audit_pb2, audit_pb2_grpc
+from securellm_bridge.audit import chainkey
 from securellm_bridge.audit.events import EVENTS
+from securellm_bridge.audit.reader import FileSource, Filter
+from securellm_bridge.audit.verify import verify as audit_verify
 
 from .daemon import ROOT, Daemon
 from .journal import JOURNAL_DIR, Journal, JournaldDaemon, journald  # noqa: F401  (fixture)
@@ -107,11 +110,16 @@ def test_verify_passes_then_catches_a_forged_record(journald: Journal, daemon: D
     assert problem["kind"] == "modified" and problem["seq"] == 3
 
 
+def outage_scenario(name: str, state_dir: Path, owner: str) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "tests.audit_outage",
+                        name, str(state_dir), owner], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 def test_journald_unavailable_falls_back_to_file_and_verify_sees_the_gap(journald: Journal, tmp_path: Path) -> None:
     owner = f"outage-{os.getpid()}"
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "tests.audit_outage",
-                        str(tmp_path), owner], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    r = outage_scenario("outage", tmp_path, owner)
     assert json.loads(r.stdout.splitlines()[-1]) == {"journal": 2, "file": 2, "fallback": 2, "errors": 0}
     assert "journald is unavailable" in r.stderr and "available again" in r.stderr
     fallback = tmp_path / "audit-fallback.jsonl"
@@ -126,6 +134,25 @@ def test_journald_unavailable_falls_back_to_file_and_verify_sees_the_gap(journal
     assert r.returncode == 0 and "OK: 2 records verified, seq 2..3" in r.stdout, r.stdout
     r = subprocess.run([*base, "--journal-dir", JOURNAL_DIR, "--file", str(fallback)], capture_output=True, text=True)
     assert r.returncode == 0 and "OK: 4 records verified, seq 1..4" in r.stdout, r.stdout
+
+
+def test_stuck_journald_freezes_nothing_and_records_go_to_the_fallback_file(journald: Journal,
+                                                                           tmp_path: Path) -> None:
+    owner = f"stuck-{os.getpid()}"
+    r = outage_scenario("stuck", tmp_path, owner)  # a frozen process would time out here
+    result = json.loads(r.stdout.splitlines()[-1])
+    stuck = result["stuck"]
+    assert "did not take a record within 2 s" in r.stderr
+    assert stuck["errors"] == 0 and stuck["fallback"] >= 1 and stuck["journal"] + stuck["fallback"] == 200
+    assert stuck["file"] == stuck["fallback"]
+    fallback = [json.loads(x) for x in (tmp_path / "audit-fallback.jsonl").read_text().splitlines()]
+    assert [int(x["SECURELLM_SEQ"]) for x in fallback] == list(range(int(stuck["journal"]) + 1, 201))
+    assert result["last_seq"] == 201
+    after = journald.wait_for(AUDIT, f"SECURELLM_OWNER={owner}")
+    assert [(x["SECURELLM_SEQ"], x["SECURELLM_KEY_ID"]) for x in after] == [("201", "key_after")]
+    entries = FileSource([tmp_path / "audit-fallback.jsonl"]).entries(Filter())
+    report = audit_verify(entries, chainkey.read_key_file(tmp_path / "audit.key"), source="fallback")
+    assert report.ok and report.records == len(fallback), report
 
 
 def test_seq_continues_across_restart_and_sigkill(journald: Journal, make_daemon: Callable[..., Daemon]) -> None:

@@ -1,6 +1,6 @@
 """The audit writer, the JSONL sink and the state file, in this process (no daemon).
 
-Every AuditLog here has ``[security.audit] file`` set, so each record reaches the file
+Most AuditLogs here have ``[security.audit] file`` set, so each record reaches the file
 whether or not a journald runs, and the file alone shows what was written.
 """
 
@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any, Coroutine, TypeVar
 
 import pytest
+from prometheus_client import REGISTRY
 
 from securellm_bridge.audit import AuditLog, RequestAudit, chainkey
 from securellm_bridge.audit.chain import GENESIS, key_id, link
 from securellm_bridge.audit.events import EVENTS
 from securellm_bridge.audit.record import CHAIN, build
-from securellm_bridge.audit.reader import FileSource, Filter
+from securellm_bridge.audit.reader import FileSource, Filter, JournalSource
 from securellm_bridge.audit.sinks import FileSink, file_set, rotated_files
 from securellm_bridge.audit.state import ChainState, StateFile
 from securellm_bridge.audit.verify import verify
@@ -28,6 +29,8 @@ from securellm_bridge.config import parse_text
 from securellm_bridge.config.secrets import Secret
 from securellm_bridge.config.security import AuditConfig
 from securellm_bridge.errors import ConfigErrors, StateError
+
+from .journal import JOURNAL_DIR, Journal, journald  # noqa: F401  (fixture)
 
 T = TypeVar("T")
 
@@ -209,3 +212,28 @@ def test_config_keys_and_short_chain_key() -> None:
     with pytest.raises(ConfigErrors, match="rotate"):
         parse_text(base + 'rotate = "weekly"\n', "t.toml", env={})
     assert parse_text(base + 'chain_key = "${K}"\n', "t.toml", env={}, resolve_secrets=False)
+
+
+def test_large_and_multiline_values_reach_journald(journald: Journal, tmp_path: Path) -> None:
+    prompt = "line one\nline two\n" + "x" * 300_000  # larger than a datagram: sent in a memfd
+    fallback_before = REGISTRY.get_sample_value("securellm_audit_fallback_total") or 0.0
+
+    async def scenario() -> None:
+        log = AuditLog(AuditConfig(log_requests=True), str(tmp_path))
+        await log.start()
+        log.request(RequestAudit(f"big-{os.getpid()}", "/v1/chat/completions", 200, 1.0, prompt=prompt))
+        log.admin("key_created", key_id=f"key-nl-{os.getpid()}", owner="multi\nline")
+        await log.close()
+
+    run(scenario())
+    assert (REGISTRY.get_sample_value("securellm_audit_fallback_total") or 0.0) == fallback_before
+    assert not (tmp_path / "audit-fallback.jsonl").exists()
+    journald.wait_for(f"SECURELLM_REQUEST_ID=big-{os.getpid()}")  # journald stores asynchronously
+    journald.wait_for(f"SECURELLM_KEY_ID=key-nl-{os.getpid()}")
+    mine = [e for e in JournalSource(JOURNAL_DIR).entries(Filter(journald.since))
+            if e.fields.get("SECURELLM_REQUEST_ID") == f"big-{os.getpid()}"
+            or e.fields.get("SECURELLM_KEY_ID") == f"key-nl-{os.getpid()}"]
+    assert [e.event for e in mine] == ["request", "key_created"]
+    assert mine[0].fields["SECURELLM_PROMPT"] == prompt and mine[1].fields["SECURELLM_OWNER"] == "multi\nline"
+    key = chainkey.read_key_file(chainkey.key_path(str(tmp_path)))
+    assert verify(mine, key, source="journal").ok

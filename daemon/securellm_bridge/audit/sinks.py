@@ -1,10 +1,4 @@
-"""Where audit records go: journald, and JSONL files with rotation and retention.
-
-Both sinks are used only from the audit writer thread. ``journal.sendv`` returns silently
-when journald's socket is missing and raises ``ConnectionRefusedError`` on a stale one, so
-:class:`JournalSink` checks the socket first and turns both cases into
-:class:`JournalUnavailable`; the writer then falls back to a file.
-"""
+"""The JSONL file sink, with rotation by day or size and retention; used by the writer thread only."""
 
 from __future__ import annotations
 
@@ -12,40 +6,12 @@ import datetime as dt
 import json
 import os
 import re
-import stat
 import time
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
-from systemd import journal
-
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
 DAY_S = 86400
 _STAMP_RE = re.compile(r"^\.\d{8}T\d{12}Z$")
-
-
-class JournalUnavailable(Exception):
-    """journald is not running (no socket) or not accepting (stale socket)."""
-
-
-class JournalSink:
-    def __init__(self, socket_path: str = JOURNAL_SOCKET) -> None:
-        self.socket_path = socket_path
-
-    def check(self) -> None:
-        try:
-            mode = os.stat(self.socket_path).st_mode
-        except OSError as exc:
-            raise JournalUnavailable(f"no journald socket at {self.socket_path} ({exc.strerror})") from None
-        if not stat.S_ISSOCK(mode):
-            raise JournalUnavailable(f"{self.socket_path} is not a socket")
-
-    def write(self, fields: Mapping[str, str]) -> None:
-        """Send one record; raises JournalUnavailable, or OSError for anything else."""
-        try:
-            journal.sendv(*(f"{k}={v}" for k, v in fields.items()))
-        except (ConnectionRefusedError, FileNotFoundError) as exc:
-            raise JournalUnavailable(f"journald refused the record ({exc.strerror})") from None
 
 
 def to_line(fields: Mapping[str, str]) -> str:

@@ -26,7 +26,8 @@ from .chain import key_id, link
 from .events import ADMIN_EVENTS, ERR, EVENTS, SECURITY_EVENTS, EventType, request_priority
 from .metrics import ERRORS, FALLBACK, RECORDS
 from .record import CHAIN, FieldValue, RequestAudit
-from .sinks import FileSink, JournalSink, JournalUnavailable
+from .journald import JournalSink, JournalUnavailable
+from .sinks import FileSink
 from .state import ChainState, StateFile
 
 log = logging.getLogger(__name__)
@@ -146,11 +147,15 @@ class AuditLog:
             return
         self._q.put(_STOP)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join, timeout)
-        if self._thread.is_alive():
-            left = self._q.qsize()
+        if self._thread.is_alive():  # stuck in journal.send: journald does not read its socket
+            left = 0
+            while not self._q.empty():
+                left += isinstance(self._q.get_nowait(), _Event)
             ERRORS.inc(left)
-            log.error("the audit writer did not finish within %.0f s (is journald accepting records?); "
-                      "%d queued audit records were not written", timeout, left)
+            pending = self._state.pending
+            log.error("the audit writer did not finish within %.0f s (is journald accepting records?): "
+                      "%d queued audit records were not written; the %d records in flight stay in %s "
+                      "and are re-sent at the next start", timeout, left, len(pending), self._state_file.path)
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -192,6 +197,7 @@ class AuditLog:
                     item.done()
                 elif item is _STOP:
                     stopping = True
+        self._journal.close()
         self._fallback.close()
         if self._file is not None:
             self._file.close()
@@ -220,7 +226,7 @@ class AuditLog:
 
     def _deliver(self, records: Sequence[Mapping[str, str]]) -> None:
         missed: list[Mapping[str, str]] = []
-        journal_ok = self._journal_reachable()
+        journal_ok = True
         for fields in records:
             if journal_ok:
                 try:
@@ -253,13 +259,6 @@ class AuditLog:
             return
         RECORDS.labels(sink="file").inc(len(records))
         FALLBACK.inc(len(missed))
-
-    def _journal_reachable(self) -> bool:
-        try:
-            self._journal.check()
-        except JournalUnavailable as exc:
-            return self._journal_changed(False, str(exc))
-        return True
 
     def _journal_changed(self, up: bool, reason: str) -> bool:
         if up != self._journal_up:
