@@ -113,7 +113,7 @@ class JournaldDaemon(Daemon):
                                                                  "JOURNAL_STREAM", "LISTEN_FDS")}
         env.update(NOTIFY_SOCKET=str(self.notify.path), PYTHONUNBUFFERED="1", JOURNAL_STREAM=stream_id, **self.env)
         self.proc = subprocess.Popen([sys.executable, "-m", "securellm_bridge", "--config", str(self.config_path)],
-                                     env=env, stdin=subprocess.DEVNULL, stdout=self._stream, stderr=self._stream,
+                                     env=env, stdin=subprocess.DEVNULL, stdout=self._stream.fileno(), stderr=self._stream.fileno(),
                                      text=True)
         if wait_ready:
             self.wait_ready()

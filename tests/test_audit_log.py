@@ -43,11 +43,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-async def write_events(cfg: AuditConfig, state: Path, n: int, **fields: str) -> AuditLog:
+async def write_events(cfg: AuditConfig, state: Path, n: int) -> AuditLog:
     log = AuditLog(cfg, str(state))
     await log.start()
     for i in range(n):
-        log.admin("key_created", key_id=f"key_{i}", owner="alice", **fields)
+        log.admin("key_created", key_id=f"key_{i}", owner="alice")
     await log.close()
     return log
 

@@ -47,7 +47,7 @@ class _Event:
 
 @dataclass(frozen=True)
 class _Flush:
-    done: Callable[[], None]
+    done: Callable[[], object]
 
 
 _STOP = object()
