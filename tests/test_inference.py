@@ -25,7 +25,7 @@ def stack(make_daemon: Callable[..., Any]) -> Iterator[Bridge]:
                        "cost": {"gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}}},
             "claude": {"kind": "anthropic", "base_url": ups["anthropic"].url, "api_key": "${ANTHROPIC_KEY}",
                        "models": ["claude-sonnet-4-5"]},
-            "local": {"kind": "ollama", "base_url": ups["ollama"].url,
+            "ollama": {"kind": "ollama", "base_url": ups["ollama"].url,
                       "models": ["llama3.2:1b", "nomic-embed-text:latest"]},
         }
         from .daemon import Daemon
@@ -35,7 +35,7 @@ def stack(make_daemon: Callable[..., Any]) -> Iterator[Bridge]:
                                **kw)
 
         bridge = start_bridge(make, providers=providers, upstreams=ups,
-                              extra={"router": {"aliases": {"fast": ["local/llama3.2:1b", "gpt-4o-mini"]}}})
+                              extra={"router": {"aliases": {"fast": ["ollama/llama3.2:1b", "gpt-4o-mini"]}}})
         yield bridge
     finally:
         for u in ups.values():
@@ -122,7 +122,7 @@ def test_ollama_native_chat_stream_and_embeddings(stack: Bridge) -> None:
 
 def test_alias_and_strategy_header(stack: Bridge) -> None:
     r = stack.post("/v1/chat/completions", chat("fast"))
-    assert r.status_code == 200 and r.headers["x-securellm-provider"] == "local"
+    assert r.status_code == 200 and r.headers["x-securellm-provider"] == "ollama"
     r = stack.post("/v1/chat/completions", chat("fast"), headers={"x-securellm-strategy": "cloud-first"})
     assert r.status_code == 200 and r.headers["x-securellm-provider"] == "openai"
     assert stack.upstreams["openai"].requests()[-1]["body"]["model"] == "gpt-4o-mini"

@@ -23,6 +23,8 @@ from .config.secrets import Secret
 from .control.server import ControlServer
 from .api.server import HttpServer
 from .lifecycle import Notifier
+from .local.service import LocalModels
+from .local.vram import MemoryMonitor
 from .pipeline import Pipeline
 from .providers import registry
 from .providers.base import Provider
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 #: Config keys that are read once at start; a change is reported and needs a restart.
 RESTART_KEYS = ("server.listen", "control.socket", "control.socket_mode", "control.socket_group", "state.dir",
                 "security.tls.enabled", "limits.max_header_bytes", "limits.max_body_bytes")
-RESTART_KEYS += AuditLog.RESTART_KEYS
+RESTART_KEYS += AuditLog.RESTART_KEYS + MemoryMonitor.RESTART_KEYS
 KEY_FLUSH_INTERVAL_S = 5.0
 
 
@@ -85,6 +87,7 @@ class Runtime:
         self.router: Router
         self.pipeline = Pipeline(self)
         self.draining = False
+        self.local: LocalModels | None = None
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -102,7 +105,10 @@ class Runtime:
         self.usage = UsageRecorder(self.db)
         await self.keys.load()
         self.limiter = _limiter(cfg)
-        self.router = Router(cfg.router, await _start_providers(cfg))
+        self.notifier.status("Scanning local models")
+        self.local = LocalModels(cfg, self.db)
+        await self.local.start()
+        self.router = Router(cfg.router, await _start_providers(cfg), local=self.local.provider)
         self.notifier.status("Binding HTTPS listener")
         self.http = HttpServer(self)
         await self.http.start()
@@ -140,11 +146,14 @@ class Runtime:
                 self.http.reload_tls(cfg)  # re-reads the certificates; a bad file keeps the old ones
             if any(k.startswith(("providers.", "router.")) for k in changed):
                 old_router = self.router
-                self.router = Router(cfg.router, await _start_providers(cfg), old_router.stats)
+                self.router = Router(cfg.router, await _start_providers(cfg), old_router.stats,
+                                     local=self.local.provider)
                 asyncio.get_running_loop().call_later(
                     cfg.limits.request_timeout_seconds, lambda: asyncio.ensure_future(_close(old_router)))
             self.limiter.reconfigure(cfg.limits.global_, cfg.limits.key,
                                      {n: p.rate_limit for n, p in cfg.providers.items()})
+            if self.local is not None:
+                self.local.reconfigure(cfg)
             if restart:
                 log.warning("config keys changed that take effect only after a restart: %s", ", ".join(restart))
             log.info("configuration reloaded from %s (%d keys changed)", path, len(changed))
@@ -165,6 +174,8 @@ class Runtime:
             await self.control.stop(grace)
         if hasattr(self, "router"):
             await _close(self.router)
+        if self.local is not None:
+            await self.local.stop(grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

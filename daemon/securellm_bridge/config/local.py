@@ -63,6 +63,10 @@ class LocalConfig:
     #: Seconds between rescans; 0: only on demand (start-up, reload, ``securellmctl``).
     scan_interval_seconds: float = field(default=300.0, metadata={"check": checks.non_negative})
     models: dict[str, LocalModelConfig] = field(default_factory=dict)
+    #: How long a request waits for its model to load before it gets 503.
+    load_timeout_seconds: float = field(default=120.0, metadata={"check": checks.positive})
+    #: The local models' ``priority`` among providers for the router (lower is preferred).
+    route_priority: int = 100
 
     def __post_init__(self) -> None:
         owners: dict[str, str] = {}

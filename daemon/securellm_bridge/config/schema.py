@@ -75,9 +75,12 @@ class Config:
     backends: BackendsConfig = field(default_factory=BackendsConfig)
 
     def __post_init__(self) -> None:
+        if "local" in self.providers:
+            raise ValueError("providers.local: the name 'local' is reserved for the models this daemon runs "
+                             "itself ([local]); choose another name")
         for alias, targets in self.router.aliases.items():
             for target in targets:
                 provider, sep, _ = target.partition("/")
-                if sep and provider not in self.providers and not any(
+                if sep and provider not in self.providers and provider != "local" and not any(
                         target in p.models for p in self.providers.values()):
                     raise ValueError(f"router.aliases.{alias}: {target!r} names no configured provider or model")

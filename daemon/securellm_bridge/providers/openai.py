@@ -44,6 +44,12 @@ class OpenAIProvider:
         if self._session is not None:
             await self._session.close()
 
+    def url_for(self, route: str) -> str:
+        return self._urls[route]
+
+    def request_headers(self) -> dict[str, str]:
+        return self._headers
+
     def _payload(self, call: Call, *, force_usage: bool = False) -> bytes:
         if call.raw is not None and not force_usage:
             return call.raw
@@ -56,7 +62,7 @@ class OpenAIProvider:
     async def _post(self, call: Call, payload: bytes) -> aiohttp.ClientResponse:
         assert self._session is not None
         try:
-            resp = await self._session.post(self._urls[call.route], data=payload, headers=self._headers)
+            resp = await self._session.post(self.url_for(call.route), data=payload, headers=self.request_headers())
         except TRANSPORT_ERRORS as exc:
             raise transport_failure(self.name, exc) from None
         if resp.status != 200:

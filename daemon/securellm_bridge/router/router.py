@@ -14,7 +14,7 @@ import itertools
 import random
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, TypeVar
 
 from .. import metrics
 from ..config.providers import ModelCost, ProviderConfig, RouterConfig, Strategy
@@ -23,6 +23,9 @@ from ..providers.base import Provider, UpstreamFailure
 from .breaker import CircuitBreaker
 from .pricing import cost, model_cost
 from .stats import ProviderStats
+
+if TYPE_CHECKING:
+    from ..local.provider import LocalProvider as LocalModels
 
 T = TypeVar("T")
 AdmitProvider = Callable[[str, int], object]
@@ -47,15 +50,23 @@ class Outcome:
     provider_reservation: object
 
 
+@dataclass(frozen=True, slots=True)
+class _LocalTarget:
+    """An alias entry ``local/MODEL``: resolved to a candidate per request."""
+
+    model: str
+
+
 class Router:
     def __init__(self, cfg: RouterConfig, providers: dict[str, Provider],
-                 stats: dict[str, ProviderStats] | None = None) -> None:
+                 stats: dict[str, ProviderStats] | None = None, local: "LocalModels | None" = None) -> None:
         self.cfg = cfg
         self.providers = providers
+        self.local = local
         old = stats or {}
-        self.stats = {name: old.get(name) or ProviderStats(CircuitBreaker(cfg.breaker_failure_threshold,
-                                                                           cfg.breaker_reset_seconds))
-                      for name in providers}
+        self.stats = {name: old.get(name) or self._new_stats() for name in providers}
+        # Local models are resolved when asked (the registry changes); each keeps its own stats.
+        self.stats.update({n: s for n, s in old.items() if n.startswith("local:")})
         self._rr = itertools.count()
         self._table: dict[str, tuple[Candidate, ...]] = {}
         for name, p in providers.items():
@@ -65,30 +76,51 @@ class Router:
         for alias, targets in cfg.aliases.items():
             self._table[alias] = tuple(itertools.chain.from_iterable(self._resolve(t) for t in targets))
 
+    def _new_stats(self) -> ProviderStats:
+        return ProviderStats(CircuitBreaker(self.cfg.breaker_failure_threshold, self.cfg.breaker_reset_seconds))
+
     def _candidate(self, name: str, model: str) -> Candidate:
         p = self.providers[name]
         return Candidate(p, model, model_cost(p.cfg, model), self.stats[name])
+
+    def _local_candidate(self, model: str) -> Candidate:
+        assert self.local is not None
+        key = f"local:{model}"
+        stats = self.stats.get(key) or self.stats.setdefault(key, self._new_stats())
+        return Candidate(self.local, model, model_cost(self.local.cfg, model), stats)  # type: ignore[arg-type]
 
     def _resolve(self, target: str) -> Iterable[Candidate]:
         name, sep, model = target.partition("/")
         if sep and name in self.providers:
             return (self._candidate(name, model),)
+        if sep and name == "local" and self.local is not None:
+            return (_LocalTarget(model),)  # type: ignore[return-value]
         return self._table.get(target, ())
 
     def models(self) -> list[tuple[str, str]]:
-        """(model id, owner) for /v1/models: provider models, then aliases."""
+        """(model id, owner) for /v1/models: provider models, local models, then aliases."""
         out = [(m, c[0].provider.name) for m, c in self._table.items() if m not in self.cfg.aliases and c]
+        if self.local is not None:
+            seen = {m for m, _ in out}
+            out += [(m, "local") for m in self.local.models() if m not in seen]
         out += [(alias, "securellm-bridge") for alias in self.cfg.aliases]
         return out
 
     def knows(self, model: str) -> bool:
-        return model in self._table
+        return model in self._table or (self.local is not None and self.local.serves(model))
+
+    def _lookup(self, model: str) -> list[Candidate]:
+        found = [self._local_candidate(c.model) if isinstance(c, _LocalTarget) else c
+                 for c in self._table.get(model, ())]
+        if self.local is not None and model not in self.cfg.aliases and self.local.serves(model):
+            found.append(self._local_candidate(model))
+        return found
 
     def candidates(self, model: str, route: str, strategy: Strategy, est_prompt: int,
                    est_completion: int) -> list[Candidate]:
-        found = [c for c in self._table.get(model, ()) if route in c.provider.routes]
+        found = [c for c in self._lookup(model) if route in c.provider.routes]
         if not found:
-            if model in self._table:
+            if self.knows(model):
                 raise NotFound(f"model {model!r} is not available for this endpoint", code="model_not_found",
                                param="model")
             raise NotFound(f"the model {model!r} does not exist or is not configured", code="model_not_found",

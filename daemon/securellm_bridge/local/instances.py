@@ -1,0 +1,115 @@
+"""A loaded local model: its backend process (or Ollama model) plus the provider that
+forwards requests to it.
+
+``llama-server`` gets a new port and API key on every restart, so the forwarder reads them
+from the backend per request instead of fixing them at construction.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Awaitable, Callable
+
+from ..config.providers import ProviderConfig
+from ..providers.ollama import OllamaProvider
+from ..providers.openai import PATHS, OpenAIProvider
+from .backends.llamacpp import LlamaCppBackend
+from .backends.ollama import OllamaServer
+from .backends.process import ProcessEvent, State
+
+
+def _cfg(name: str, kind: str, url: str) -> ProviderConfig:
+    return ProviderConfig(kind=kind, base_url=url, models=(name,), max_retries=0, local=True,  # type: ignore[arg-type]
+                          timeout_s=600.0)
+
+
+class LlamaForwarder(OpenAIProvider):
+    """OpenAI protocol to one llama-server, with its current port and key."""
+
+    def __init__(self, backend: LlamaCppBackend) -> None:
+        super().__init__(f"local:{backend.name}", _cfg(backend.name, "openai", "http://127.0.0.1"))
+        self._backend = backend
+
+    def url_for(self, route: str) -> str:
+        return self._backend.base_url + "/v1" + PATHS[route]
+
+    def request_headers(self) -> dict[str, str]:
+        return {**self._headers, **self._backend.headers}
+
+
+class LlamaInstance:
+    kind = "llamacpp"
+
+    def __init__(self, backend: LlamaCppBackend) -> None:
+        self.backend = backend
+        self.provider = LlamaForwarder(backend)
+
+    @property
+    def pid(self) -> int | None:
+        return self.backend.pid
+
+    @property
+    def state(self) -> str:
+        return self.backend.state.value
+
+    def on_event(self, callback: Callable[[ProcessEvent], None]) -> Callable[[], None]:
+        return self.backend.on_event(callback)
+
+    async def start(self) -> None:
+        await self.backend.start()
+        await self.provider.start()
+
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[None]:
+        async with self.backend.use():
+            yield
+
+    async def stop(self, grace: float) -> None:
+        await self.backend.drain(grace)
+        await self.provider.close()
+        await self.backend.stop(grace=grace)
+
+
+class OllamaInstance:
+    """A model kept loaded in a (shared) Ollama server."""
+
+    kind = "ollama"
+
+    def __init__(self, server: OllamaServer, model: str, keep_alive: float,
+                 ensure_started: Callable[[], Awaitable[OllamaServer]]) -> None:
+        self.server = server
+        self._ensure_started = ensure_started
+        self.model = model
+        self.keep_alive = keep_alive
+        self.provider = OllamaProvider(f"local:{model}", _cfg(model, "ollama", server.base_url))
+        self._in_flight = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid
+
+    @property
+    def state(self) -> str:
+        return State.READY.value if self.server.state == State.READY else self.server.state.value
+
+    def on_event(self, callback: Callable[[ProcessEvent], None]) -> Callable[[], None]:
+        return self.server.on_event(callback)
+
+    async def start(self) -> None:
+        await self._ensure_started()
+        # The scheduler owns idleness, so Ollama keeps the model until told to unload it.
+        await self.server.load(self.model, keep_alive=-1)
+        await self.provider.start()
+
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[None]:
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    async def stop(self, grace: float) -> None:
+        await self.provider.close()
+        await self.server.unload(self.model)
+
