@@ -10,6 +10,7 @@ in one place (``api/errors.py``). Streams are accounted when they end, however t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -21,9 +22,11 @@ from aiohttp import web
 from . import metrics
 from .api import validate
 from .api.errors import error_response, internal_error, status_and_body
-from .api.principal import Principal, authenticate, authorize
+from .api.principal import Principal, authenticate, authorize, client_subject
+from .audit import RequestAudit
 from .config.schema import Config
-from .errors import BridgeError, InvalidRequest, PayloadTooLarge, RateLimited, Unavailable, UpstreamTimeout
+from .errors import (AuthenticationFailed, BridgeError, InvalidRequest, PayloadTooLarge, RateLimited, Unavailable,
+                     UpstreamTimeout)
 from .providers.base import Call, Route, UpstreamFailure, UpstreamStream
 from .providers.openai_shapes import TokenUsage
 from .router.pricing import cost
@@ -55,6 +58,11 @@ class Exchange:
     outcome: Outcome | None = None
     redactions: int = 0
     injection_rules: tuple[str, ...] = ()
+    error_code: str | None = None
+    dlp_types: tuple[str, ...] = ()
+    client_subject: str | None = None
+    prompt: str | None = None
+    response: str | None = None
 
     def headers(self) -> dict[str, str]:
         return {"x-request-id": self.request_id, "x-securellm-provider": self.provider}
@@ -79,7 +87,8 @@ class Pipeline:
         except TimeoutError:
             return self._finish(ex, error_response(UpstreamTimeout("the request timed out"), ex.headers()))
         except BridgeError as exc:
-            self._on_rejected(exc)
+            ex.error_code = exc.code
+            self._on_rejected(ex, exc, request)
             return self._finish(ex, error_response(exc, ex.headers()))
         except asyncio.CancelledError:
             ex.status = 499  # the client went away; the upstream call was cancelled with us
@@ -97,6 +106,7 @@ class Pipeline:
         body = validate.parse(raw)
         validate.check(ex.route, body)
         ex.principal = principal = authenticate(request, self.rt.keys, cfg.security.auth.require_api_key)
+        ex.client_subject = principal.cert_subject
         model = body["model"]
         router: Router = self.rt.router
         ex.model = model if router.knows(model) else "unknown"
@@ -114,6 +124,9 @@ class Pipeline:
         except BaseException:
             reservation.settle(0)
             raise
+        audit_cfg = cfg.security.audit
+        if audit_cfg.log_requests:
+            ex.prompt = json.dumps(body.get("messages") or body.get("prompt") or body.get("input"))
         strategy = self._strategy(request, cfg)
         max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 256
         candidates = router.candidates(model, ex.route, strategy, est, max_out)
@@ -134,6 +147,8 @@ class Pipeline:
                 candidates, lambda c: c.provider.complete(attempt_call(c)), self.rt.limiter.admit_provider, est)
             self._settle(ex, reply.usage, reservation)
             ex.status = reply.status
+            if audit_cfg.log_responses:
+                ex.response = reply.body.decode("utf-8", "replace")
             return self._finish(ex, web.Response(status=reply.status, body=reply.body,
                                                  content_type="application/json", headers=ex.headers()))
         except BaseException:
@@ -170,6 +185,7 @@ class Pipeline:
             # Bytes already reached the client: never retry; end the stream with an error event.
             failure = exc if isinstance(exc, BridgeError) else UpstreamTimeout("the request timed out")
             ex.status, body = status_and_body(failure)
+            ex.error_code = failure.code
             log.warning("stream %s failed after the first byte: %s", ex.request_id, failure.message)
             await resp.write(b"data: " + body + b"\n\n")
         finally:
@@ -188,6 +204,7 @@ class Pipeline:
             found = dlp.apply(body, mode)  # type: ignore[arg-type]
             if found.counts:
                 ex.redactions = sum(found.counts.values())
+                ex.dlp_types = tuple(sorted(found.counts))
                 metrics.count_redactions(found.counts)
                 if found.blocked:
                     raise dlp.blocked_error(found)
@@ -199,6 +216,10 @@ class Pipeline:
                 metrics.count_injection(screened.flags)
                 log.warning("request %s matches prompt-injection rules: %s", ex.request_id,
                             ", ".join(ex.injection_rules))
+                self.rt.audit.security("injection_flagged", request_id=ex.request_id, route=ex.route,
+                                       key_id=principal.key_id, score=len(screened.flags),
+                                       action="block" if screened.blocked else "flag",
+                                       rules=list(ex.injection_rules))
                 if screened.blocked:
                     raise injection.blocked_error(screened)
         return modified
@@ -231,9 +252,20 @@ class Pipeline:
             metrics.FALLBACKS.labels(ex.route).inc()
         metrics.observe_upstream(ex.provider, outcome.upstream_seconds)
 
-    def _on_rejected(self, exc: BridgeError) -> None:
-        if isinstance(exc, RateLimited) and not isinstance(exc, UpstreamFailure):
-            metrics.RATE_LIMITED.labels("budget" if exc.code == "budget_exceeded" else "rate").inc()
+    def _on_rejected(self, ex: Exchange, exc: BridgeError, request: web.Request) -> None:
+        """Count and audit the rejections that matter for security."""
+        audit = self.rt.audit
+        if isinstance(exc, AuthenticationFailed):
+            audit.security("auth_failure", request_id=ex.request_id, route=ex.route, reason=exc.code,
+                           client_subject=client_subject(request))
+        elif isinstance(exc, RateLimited) and not isinstance(exc, UpstreamFailure):
+            scope = "budget" if exc.code == "budget_exceeded" else "rate"
+            metrics.RATE_LIMITED.labels(scope).inc()
+            audit.security("rate_limited", request_id=ex.request_id, route=ex.route, limit=scope,
+                           key_id=ex.principal.key_id if ex.principal else None)
+        elif exc.code == "dlp_blocked":
+            audit.security("dlp_blocked", request_id=ex.request_id, route=ex.route,
+                           key_id=ex.principal.key_id if ex.principal else None, detectors=list(ex.dlp_types))
 
     def _finish(self, ex: Exchange, resp: web.StreamResponse) -> web.StreamResponse:
         ex.status = ex.status or resp.status
@@ -241,8 +273,15 @@ class Pipeline:
         return resp
 
     def _account(self, ex: Exchange) -> None:
+        elapsed = time.monotonic() - ex.started
         metrics.count_request(ex.route, ex.status, ex.provider, ex.model)
-        metrics.observe_latency(ex.route, time.monotonic() - ex.started)
+        metrics.observe_latency(ex.route, elapsed)
+        p, usage = ex.principal, ex.usage
+        self.rt.audit.request(RequestAudit(
+            ex.request_id, ex.route, ex.status, round(elapsed * 1000, 3), p.key_id if p else None,
+            p.owner if p else None, ex.client_subject, ex.provider if ex.outcome else None, ex.model,
+            usage.prompt_tokens, usage.completion_tokens, ex.cost, bool(ex.outcome and ex.outcome.fallback),
+            False, ex.redactions, ex.error_code, ex.prompt, ex.response))
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
