@@ -13,6 +13,8 @@ import os
 import queue
 import sys
 
+from .audit.journald import JournalSink, JournalUnavailable
+
 IDENTIFIER = "securellm-bridged"
 _listener: logging.handlers.QueueListener | None = None
 
@@ -40,11 +42,35 @@ class _StderrFormatter(logging.Formatter):
         return f"{base} [{' '.join(fields)}]" if fields else base
 
 
+_PRIORITY = {logging.CRITICAL: "2", logging.ERROR: "3", logging.WARNING: "4", logging.INFO: "6",
+             logging.DEBUG: "7"}
+
+
+class _JournalHandler(logging.Handler):
+    """Native journal protocol with a send timeout (systemd-python's ``send`` blocks holding
+    the GIL when journald stops reading, which would freeze the whole daemon). A record that
+    journald does not take goes to stderr instead of being lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sink = JournalSink()
+        self._fallback = logging.StreamHandler(sys.stderr)
+        self._fallback.setFormatter(_StderrFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = {"MESSAGE": self.format(record), "PRIORITY": _PRIORITY.get(record.levelno, "6"),
+                  "SYSLOG_IDENTIFIER": IDENTIFIER, "LOGGER": record.name, "CODE_FILE": record.pathname,
+                  "CODE_LINE": str(record.lineno), "CODE_FUNC": record.funcName}
+        fields.update((k, str(v)) for k, v in record.__dict__.items() if k.startswith("SECURELLM_"))
+        try:
+            self._sink.write(fields)
+        except (JournalUnavailable, OSError):
+            self._fallback.emit(record)
+
+
 def _sink() -> logging.Handler:
     if under_journald():
-        from systemd.journal import JournalHandler
-
-        return JournalHandler(SYSLOG_IDENTIFIER=IDENTIFIER)
+        return _JournalHandler()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_StderrFormatter())
     return handler
