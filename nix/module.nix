@@ -416,11 +416,14 @@ in
         PrivateDevices = !cfg.gpu.enable;
         DevicePolicy = "closed";
         DeviceAllow = lib.optionals cfg.gpu.enable gpuDevices;
-        # /dev/dri/renderD* and /dev/kfd belong to these groups.
-        SupplementaryGroups = lib.optionals cfg.gpu.enable [
+        # systemd-journal: securellmctl audit query/tail read the audit records back from the
+        # journal. video/render: /dev/dri/renderD* and /dev/kfd belong to these groups.
+        SupplementaryGroups = [ "systemd-journal" ] ++ lib.optionals cfg.gpu.enable [
           "video"
           "render"
         ];
+        # Audit records must never be dropped by journald's per-service rate limit.
+        LogRateLimitIntervalSec = 0;
         PrivateUsers = true;
         PrivateMounts = true;
         ProtectSystem = "strict";

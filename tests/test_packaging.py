@@ -34,7 +34,6 @@ MODULE_ONLY = {
     "EnvironmentFile": "services.securellm-bridge.environmentFile",
     "LoadCredential": "services.securellm-bridge.credentials",
     "DeviceAllow": "gpu.enable",
-    "SupplementaryGroups": "gpu.enable",
 }
 #: Settings whose module value is an expression; the unit's value is checked here instead.
 MODULE_EXPRESSIONS = {
@@ -43,6 +42,7 @@ MODULE_EXPRESSIONS = {
     "User": "securellm",
     "Group": "securellm",
     "PrivateDevices": "yes",  # !cfg.gpu.enable
+    "SupplementaryGroups": "systemd-journal",  # plus video/render with gpu.enable
 }
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-instantiate not installed")

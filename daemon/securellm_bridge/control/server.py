@@ -75,7 +75,9 @@ class ControlServer:
             raise StateError(f"cannot bind control socket {path}: {exc}") from None
         finally:
             os.umask(old)
-        if gid is not None:
+        if gid is not None and path.stat().st_gid != gid:
+            # Only when needed: a hardened unit (SystemCallFilter=~@privileged) has no chown(2),
+            # and its socket already gets the service's own group.
             os.chown(path, -1, gid)
         os.chmod(path, self.cfg.mode)
         for name in ("", *SERVICE_NAMES):
