@@ -225,6 +225,8 @@ class Scheduler:
         await self.monitor.refresh()
         report("ready", "", 100)
         self._publish("model_state", job.name, "ready", f"pid={instance.pid}")
+        log.info("local model %s ready (pid %s, gpu_layers %d, ctx %d, %d MiB reserved)", job.name,
+                 instance.pid, gpu_layers, ctx, need // MIB, extra={"SECURELLM_MODEL": job.name})
         return slot
 
     def _evictable(self) -> list[Slot]:
