@@ -238,11 +238,14 @@ class Scheduler:
             snap = self.monitor.snapshot()
             available = cap - snap.used_bytes
             p = plan([s.resident() for s in self.slots.values()], need, available, self.cfg.vram.eviction_policy)
-            for victim in p.evict:
+            if p.evict:
+                # One victim at a time, then plan again: a request may have picked up another
+                # candidate while this one was stopping.
+                victim = p.evict[0]
                 report("evicting", victim)
                 self._publish("eviction", victim, "evicting", f"to make room for {name}")
                 await self._unload(victim, f"evicted for {name}", self.cfg.server.drain_timeout_seconds)
-            await self.monitor.refresh()
+                continue
             if p.enough:
                 return
             if not p.wait_for:
