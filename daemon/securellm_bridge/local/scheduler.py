@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Protocol
 
 from ..errors import NotFound, Unavailable
+from .backends.process import StartupFailed
 from .estimate import InsufficientMemory, auto_params, estimate
 from .events import Event, EventBus
 from .eviction import Resident, plan
@@ -168,10 +169,15 @@ class Scheduler:
                 slot = await self._do_load(job)
             except Exception as exc:  # reported to every waiter; the loader goes on
                 self._pending.pop(job.name, None)
-                self._publish("model_state", job.name, "failed", str(exc))
+                log.error("local model %s failed to load: %s", job.name, exc, extra={"SECURELLM_MODEL": job.name})
+                self._publish("model_state", job.name, "failed", type(exc).__name__)
                 if not job.future.done():
-                    job.future.set_exception(exc if isinstance(exc, Unavailable | NotFound) else Unavailable(
-                        f"local model {job.name!r} failed to load: {exc}", retry_after=5, code="model_load_failed"))
+                    # Backend start-up errors quote llama-server's log (file paths): clients get
+                    # a generic message, the log has the detail.
+                    ours = isinstance(exc, Unavailable | NotFound) and not isinstance(exc, StartupFailed)
+                    job.future.set_exception(exc if ours else Unavailable(
+                        f"local model {job.name!r} failed to load; see the daemon's log", retry_after=5,
+                        code="model_load_failed"))
             else:
                 self._pending.pop(job.name, None)
                 if not job.future.done():
