@@ -128,6 +128,11 @@ def test_alias_and_strategy_header(stack: Bridge) -> None:
     assert stack.upstreams["openai"].requests()[-1]["body"]["model"] == "gpt-4o-mini"
     r = stack.post("/v1/chat/completions", chat("fast"), headers={"x-securellm-strategy": "nonsense"})
     assert r.status_code == 400 and "x-securellm-strategy" in r.json()["error"]["message"]
+    # A key may carry its own strategy; the header still wins.
+    key, _ = stack.new_key("--strategy", "cloud-first")
+    assert stack.post("/v1/chat/completions", chat("fast"), key=key).headers["x-securellm-provider"] == "openai"
+    r = stack.post("/v1/chat/completions", chat("fast"), key=key, headers={"x-securellm-strategy": "local-first"})
+    assert r.headers["x-securellm-provider"] == "ollama"
 
 
 @pytest.mark.parametrize("case, status, needle", [

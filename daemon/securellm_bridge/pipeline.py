@@ -127,7 +127,7 @@ class Pipeline:
         audit_cfg = cfg.security.audit
         if audit_cfg.log_requests:
             ex.prompt = json.dumps(body.get("messages") or body.get("prompt") or body.get("input"))
-        strategy = self._strategy(request, cfg)
+        strategy = self._strategy(request, cfg, principal)
         max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 256
         candidates = router.candidates(model, ex.route, strategy, est, max_out)
         stream = bool(body.get("stream"))
@@ -224,10 +224,12 @@ class Pipeline:
                     raise injection.blocked_error(screened)
         return modified
 
-    def _strategy(self, request: web.Request, cfg: Config) -> Any:
+    def _strategy(self, request: web.Request, cfg: Config, principal: Principal) -> Any:
+        """The header's choice (among the allowed ones), else the key's, else the default."""
         wanted = request.headers.get(STRATEGY_HEADER)
         if wanted is None:
-            return cfg.router.default_strategy
+            key = principal.key
+            return key.strategy if key is not None and key.strategy else cfg.router.default_strategy
         if wanted not in cfg.router.allowed_strategies:
             raise InvalidRequest(f"{STRATEGY_HEADER}: {wanted!r} is not one of the allowed strategies "
                                  f"({', '.join(cfg.router.allowed_strategies)})", param=STRATEGY_HEADER)

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--budget-period", choices=["day", "week", "month", "total"], default="month")
     p.add_argument("--dlp-mode", choices=["off", "redact", "block"],
                    help="data-loss prevention for this key (default: [security.dlp] mode)")
+    p.add_argument("--strategy", choices=["local-first", "cloud-first", "cost-optimized", "latency-optimized",
+                                          "round-robin", "priority"],
+                   help="routing strategy for this key's requests (default: [router] default_strategy)")
     p.set_defaults(func=create)
     p = ks.add_parser("list", parents=[common], help="list keys (never their secrets)")
     p.add_argument("--all", action="store_true", help="include revoked keys")
@@ -42,7 +45,7 @@ def _models(text: str) -> list[str]:
 def create(args: argparse.Namespace) -> int:
     req = keys_pb2.CreateKeyRequest(owner=args.owner, allowed_models=_models(args.models), rpm=args.rpm,
                                     tpm=args.tpm, max_budget=args.max_budget, budget_period=args.budget_period,
-                                    dlp_mode=args.dlp_mode)
+                                    dlp_mode=args.dlp_mode, strategy=args.strategy)
     with Client(args.socket, args.timeout) as c:
         r = c.call(keys_pb2_grpc.KeysStub(c.channel).Create, req)
     if args.json:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsecurellm/control/v1/keys.proto\x12\x14securellm.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61llowed_models\x18\x05 \x03(\t\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x03rpm\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03tpm\x18\t \x01(\x03H\x01\x88\x01\x01\x12\x17\n\nmax_budget\x18\n \x01(\x01H\x02\x88\x01\x01\x12\x15\n\rbudget_period\x18\x0b \x01(\t\x12\x15\n\x08\x64lp_mode\x18\x0c \x01(\tH\x03\x88\x01\x01\x42\x06\n\x04_rpmB\x06\n\x04_tpmB\r\n\x0b_max_budgetB\x0b\n\t_dlp_mode\"\xd0\x01\n\x10\x43reateKeyRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x02 \x03(\t\x12\x10\n\x03rpm\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03tpm\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x17\n\nmax_budget\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\rbudget_period\x18\x06 \x01(\t\x12\x15\n\x08\x64lp_mode\x18\x07 \x01(\tH\x03\x88\x01\x01\x42\x06\n\x04_rpmB\x06\n\x04_tpmB\r\n\x0b_max_budgetB\x0b\n\t_dlp_mode\"N\n\x11\x43reateKeyResponse\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.securellm.control.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"*\n\x0fListKeysRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\">\n\x10ListKeysResponse\x12*\n\x04keys\x18\x01 \x03(\x0b\x32\x1c.securellm.control.v1.ApiKey\"\x1e\n\x10RevokeKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x11RevokeKeyResponse\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.securellm.control.v1.ApiKey2\x93\x02\n\x04Keys\x12Y\n\x06\x43reate\x12&.securellm.control.v1.CreateKeyRequest\x1a\'.securellm.control.v1.CreateKeyResponse\x12U\n\x04List\x12%.securellm.control.v1.ListKeysRequest\x1a&.securellm.control.v1.ListKeysResponse\x12Y\n\x06Revoke\x12&.securellm.control.v1.RevokeKeyRequest\x1a\'.securellm.control.v1.RevokeKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsecurellm/control/v1/keys.proto\x12\x14securellm.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x03\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61llowed_models\x18\x05 \x03(\t\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x03rpm\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03tpm\x18\t \x01(\x03H\x01\x88\x01\x01\x12\x17\n\nmax_budget\x18\n \x01(\x01H\x02\x88\x01\x01\x12\x15\n\rbudget_period\x18\x0b \x01(\t\x12\x15\n\x08\x64lp_mode\x18\x0c \x01(\tH\x03\x88\x01\x01\x12\x15\n\x08strategy\x18\r \x01(\tH\x04\x88\x01\x01\x42\x06\n\x04_rpmB\x06\n\x04_tpmB\r\n\x0b_max_budgetB\x0b\n\t_dlp_modeB\x0b\n\t_strategy\"\xf4\x01\n\x10\x43reateKeyRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x02 \x03(\t\x12\x10\n\x03rpm\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03tpm\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12\x17\n\nmax_budget\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\rbudget_period\x18\x06 \x01(\t\x12\x15\n\x08\x64lp_mode\x18\x07 \x01(\tH\x03\x88\x01\x01\x12\x15\n\x08strategy\x18\x08 \x01(\tH\x04\x88\x01\x01\x42\x06\n\x04_rpmB\x06\n\x04_tpmB\r\n\x0b_max_budgetB\x0b\n\t_dlp_modeB\x0b\n\t_strategy\"N\n\x11\x43reateKeyResponse\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.securellm.control.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"*\n\x0fListKeysRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\">\n\x10ListKeysResponse\x12*\n\x04keys\x18\x01 \x03(\x0b\x32\x1c.securellm.control.v1.ApiKey\"\x1e\n\x10RevokeKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x11RevokeKeyResponse\x12)\n\x03key\x18\x01 \x01(\x0b\x32\x1c.securellm.control.v1.ApiKey2\x93\x02\n\x04Keys\x12Y\n\x06\x43reate\x12&.securellm.control.v1.CreateKeyRequest\x1a\'.securellm.control.v1.CreateKeyResponse\x12U\n\x04List\x12%.securellm.control.v1.ListKeysRequest\x1a&.securellm.control.v1.ListKeysResponse\x12Y\n\x06Revoke\x12&.securellm.control.v1.RevokeKeyRequest\x1a\'.securellm.control.v1.RevokeKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'securellm.control.v1.keys_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APIKEY']._serialized_start=91
-  _globals['_APIKEY']._serialized_end=464
-  _globals['_CREATEKEYREQUEST']._serialized_start=467
-  _globals['_CREATEKEYREQUEST']._serialized_end=675
-  _globals['_CREATEKEYRESPONSE']._serialized_start=677
-  _globals['_CREATEKEYRESPONSE']._serialized_end=755
-  _globals['_LISTKEYSREQUEST']._serialized_start=757
-  _globals['_LISTKEYSREQUEST']._serialized_end=799
-  _globals['_LISTKEYSRESPONSE']._serialized_start=801
-  _globals['_LISTKEYSRESPONSE']._serialized_end=863
-  _globals['_REVOKEKEYREQUEST']._serialized_start=865
-  _globals['_REVOKEKEYREQUEST']._serialized_end=895
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=897
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=959
-  _globals['_KEYS']._serialized_start=962
-  _globals['_KEYS']._serialized_end=1237
+  _globals['_APIKEY']._serialized_end=500
+  _globals['_CREATEKEYREQUEST']._serialized_start=503
+  _globals['_CREATEKEYREQUEST']._serialized_end=747
+  _globals['_CREATEKEYRESPONSE']._serialized_start=749
+  _globals['_CREATEKEYRESPONSE']._serialized_end=827
+  _globals['_LISTKEYSREQUEST']._serialized_start=829
+  _globals['_LISTKEYSREQUEST']._serialized_end=871
+  _globals['_LISTKEYSRESPONSE']._serialized_start=873
+  _globals['_LISTKEYSRESPONSE']._serialized_end=935
+  _globals['_REVOKEKEYREQUEST']._serialized_start=937
+  _globals['_REVOKEKEYREQUEST']._serialized_end=967
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=969
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=1031
+  _globals['_KEYS']._serialized_start=1034
+  _globals['_KEYS']._serialized_end=1309
 # @@protoc_insertion_point(module_scope)

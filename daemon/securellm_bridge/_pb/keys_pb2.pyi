@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ApiKey(_message.Message):
-    __slots__ = ("id", "owner", "created_at", "last_used_at", "allowed_models", "revoked", "revoked_at", "rpm", "tpm", "max_budget", "budget_period", "dlp_mode")
+    __slots__ = ("id", "owner", "created_at", "last_used_at", "allowed_models", "revoked", "revoked_at", "rpm", "tpm", "max_budget", "budget_period", "dlp_mode", "strategy")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class ApiKey(_message.Message):
     MAX_BUDGET_FIELD_NUMBER: _ClassVar[int]
     BUDGET_PERIOD_FIELD_NUMBER: _ClassVar[int]
     DLP_MODE_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     created_at: _timestamp_pb2.Timestamp
@@ -35,10 +36,11 @@ class ApiKey(_message.Message):
     max_budget: float
     budget_period: str
     dlp_mode: str
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., max_budget: _Optional[float] = ..., budget_period: _Optional[str] = ..., dlp_mode: _Optional[str] = ...) -> None: ...
+    strategy: str
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., max_budget: _Optional[float] = ..., budget_period: _Optional[str] = ..., dlp_mode: _Optional[str] = ..., strategy: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("owner", "allowed_models", "rpm", "tpm", "max_budget", "budget_period", "dlp_mode")
+    __slots__ = ("owner", "allowed_models", "rpm", "tpm", "max_budget", "budget_period", "dlp_mode", "strategy")
     OWNER_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     RPM_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +48,7 @@ class CreateKeyRequest(_message.Message):
     MAX_BUDGET_FIELD_NUMBER: _ClassVar[int]
     BUDGET_PERIOD_FIELD_NUMBER: _ClassVar[int]
     DLP_MODE_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
     owner: str
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     rpm: int
@@ -53,7 +56,8 @@ class CreateKeyRequest(_message.Message):
     max_budget: float
     budget_period: str
     dlp_mode: str
-    def __init__(self, owner: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., max_budget: _Optional[float] = ..., budget_period: _Optional[str] = ..., dlp_mode: _Optional[str] = ...) -> None: ...
+    strategy: str
+    def __init__(self, owner: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., max_budget: _Optional[float] = ..., budget_period: _Optional[str] = ..., dlp_mode: _Optional[str] = ..., strategy: _Optional[str] = ...) -> None: ...
 
 class CreateKeyResponse(_message.Message):
     __slots__ = ("key", "secret")

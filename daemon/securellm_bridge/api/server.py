@@ -4,11 +4,13 @@ reload without dropping connections, and drains on stop."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from ..config.schema import Config
 from ..errors import StateError
@@ -31,7 +33,7 @@ class HttpServer:
         self.rt = rt
         cfg = rt.config
         self.tls: ContextHolder | None = ContextHolder(tls_context(cfg)) if cfg.security.tls.enabled else None
-        self._runner = web.AppRunner(build_app_for(rt), handler_cancellation=True, access_log=None,
+        self._runner = _Runner(build_app_for(rt), handler_cancellation=True, access_log=None,
                                      max_line_size=cfg.limits.max_header_bytes,
                                      max_field_size=cfg.limits.max_header_bytes)
         self._site: web.TCPSite | None = None
@@ -80,6 +82,34 @@ class HttpServer:
             log.warning("drain deadline reached with %d requests in flight; closing them",
                         self.rt.pipeline.in_flight)
         await self._runner.cleanup()
+
+
+class _JsonErrorHandler(web_protocol.RequestHandler):
+    """Errors aiohttp answers itself (unparsable request, oversized header, a handler crash)
+    in the OpenAI error shape too, with no traceback."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)  # logs; closes the connection
+        text = "internal error" if status >= 500 else (message or HTTPStatus(status).phrase).splitlines()[0][:300]
+        body = {"error": {"message": text, "type": "invalid_request_error" if status < 500 else "server_error",
+                          "param": None, "code": f"http_{status}"}}
+        resp = web.Response(status=plain.status, text=json.dumps(body), content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp has no option for the protocol class; the server only differs in __call__.
+        server.__class__ = _JsonErrorServer
+        return server
 
 
 def build_app_for(rt: "Runtime") -> web.Application:

@@ -26,7 +26,8 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
             tpm=request.tpm if request.HasField("tpm") else None,
             max_budget=request.max_budget if request.HasField("max_budget") else None,
             budget_period=request.budget_period or "month",
-            dlp_mode=request.dlp_mode if request.HasField("dlp_mode") else None)
+            dlp_mode=request.dlp_mode if request.HasField("dlp_mode") else None,
+            strategy=request.strategy if request.HasField("strategy") else None)
         new = await self._keys.create(request.owner, tuple(request.allowed_models), policy)
         log.info("API key %s created for owner %s", new.record.id, new.record.owner,
                  extra={"SECURELLM_KEY_ID": new.record.id})

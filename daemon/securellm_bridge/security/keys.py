@@ -15,6 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 
+from ..config.providers import STRATEGIES
 from ..errors import AuthenticationFailed, InvalidRequest, NotFound
 from ..store import Database
 from ..store import keys as sql
@@ -37,6 +38,7 @@ class KeyPolicy:
     max_budget: float | None = None
     budget_period: str = "month"
     dlp_mode: str | None = None
+    strategy: str | None = None
 
     def check(self) -> None:
         for name in ("rpm", "tpm"):
@@ -50,6 +52,8 @@ class KeyPolicy:
                                  param="budget_period")
         if self.dlp_mode not in (None, "off", "redact", "block"):
             raise InvalidRequest("dlp_mode must be off, redact or block", param="dlp_mode")
+        if self.strategy is not None and self.strategy not in STRATEGIES:
+            raise InvalidRequest(f"strategy must be one of {', '.join(STRATEGIES)}", param="strategy")
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ class KeyService:
                      allowed_models=tuple(dict.fromkeys(allowed_models)), created_at=time.time(),
                      last_used_at=None, revoked=False, revoked_at=None, rpm=policy.rpm, tpm=policy.tpm,
                      max_budget=policy.max_budget, budget_period=policy.budget_period,
-                     dlp_mode=policy.dlp_mode)
+                     dlp_mode=policy.dlp_mode, strategy=policy.strategy)
         await self._db.call(sql.insert, row)
         self._by_id[row.id] = row
         self._by_hash[row.key_sha256] = row

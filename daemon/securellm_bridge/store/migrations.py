@@ -65,4 +65,8 @@ MIGRATIONS: tuple[str, ...] = (
         metadata       TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 6: per-key routing strategy (NULL: [router] default_strategy).
+    """
+    ALTER TABLE api_keys ADD COLUMN strategy TEXT;
+    """,
 )
