@@ -133,3 +133,62 @@ def test_sigkill_of_the_daemon_leaves_no_llama_server(make_daemon: Callable[...,
     b.daemon.proc.kill()  # type: ignore[union-attr]
     b.daemon.proc.wait()  # type: ignore[union-attr]
     _wait(lambda: not any(alive(p) for p in pids), timeout=10)
+
+
+def _with_cloud(make_daemon: Callable[..., Any], tmp_path: Path, up: Any, aliases: dict[str, list[str]],
+                **kw: Any) -> Bridge:
+    models = tmp_path / "models"
+    write_models(models)
+    extra = local_config(models, **kw)
+    extra["router"] = {"aliases": aliases, "retry_base_delay_seconds": 0.01}
+    return start_bridge(make_daemon, upstreams={"cloud": up}, extra=extra, providers={
+        "cloud": {"kind": "openai", "base_url": up.url + "/v1", "models": ["gpt-4o-mini"]}})
+
+
+def test_cloud_failure_falls_back_to_local_model(make_daemon: Callable[..., Any], tmp_path: Path) -> None:
+    from .upstreams import FakeUpstream
+
+    up = FakeUpstream("openai")
+    try:
+        b = _with_cloud(make_daemon, tmp_path, up, {"smart": ["gpt-4o-mini", "local/tiny-a"]})
+        up.script("500", "503")
+        r = b.post("/v1/chat/completions", chat("smart", max_tokens=4))
+        assert r.status_code == 200 and r.headers["x-securellm-provider"] == "local"
+        assert _loaded(b) == {"tiny-a"}
+    finally:
+        up.stop()
+
+
+def test_local_failure_falls_back_to_cloud(make_daemon: Callable[..., Any], tmp_path: Path) -> None:
+    from .upstreams import FakeUpstream
+
+    up = FakeUpstream("openai")
+    try:
+        b = _with_cloud(make_daemon, tmp_path, up, {"smart": ["local/tiny-a", "gpt-4o-mini"]}, fit=0)
+        r = b.post("/v1/chat/completions", chat("smart", max_tokens=4))
+        assert r.status_code == 200 and r.headers["x-securellm-provider"] == "cloud"
+        assert _loaded(b) == set()
+        b.daemon.wait_log("does not fit")
+    finally:
+        up.stop()
+
+
+def test_ollama_backed_local_model_through_a_supervised_ollama(make_daemon: Callable[..., Any],
+                                                              tmp_path: Path) -> None:
+    from .daemon import ROOT
+
+    models = tmp_path / "models"
+    write_models(models, ("tiny-a",))
+    extra = local_config(models)
+    extra["local"]["models"]["llama3.2:1b"] = {"backend": "ollama"}
+    extra["backends"]["ollama"] = {"binary": str(ROOT / "tests" / "fakes" / "bin" / "ollama"),
+                                   "models_dir": str(tmp_path / "ollama-models")}
+    b = start_bridge(make_daemon, upstreams={}, providers={}, extra=extra)
+    ids = {m["id"] for m in b.get("/v1/models").json()["data"]}
+    assert {"tiny-a", "llama3.2:1b"} <= ids
+    r = b.post("/v1/chat/completions", chat("llama3.2:1b", "hello ollama"))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-securellm-provider"] == "local" and r.json()["object"] == "chat.completion"
+    chunks = list(b.openai().chat.completions.create(model="llama3.2:1b", stream=True,
+                                                     messages=[{"role": "user", "content": "stream it"}]))
+    assert any(c.choices and c.choices[0].delta.content for c in chunks)
