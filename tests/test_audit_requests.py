@@ -81,6 +81,8 @@ def test_redaction_count_and_no_secret_anywhere(audited: Bridge) -> None:
     rid = r.headers["x-request-id"]
     (rec,) = [x for x in _records(audited, "request") if x.get("SECURELLM_REQUEST_ID") == rid]
     assert int(rec["SECURELLM_REDACTIONS"]) == len(PROMPT_SECRETS)
+    assert set(rec["SECURELLM_REDACTED_TYPES"].split(",")) == {"API_KEY:1", "AWS_ACCESS_KEY:1", "GITHUB_TOKEN:1",
+                                                             "EMAIL_ADDRESS:1"}
     sent = json.dumps(audited.upstreams["p"].requests()[-1]["body"])
     metrics = audited.metrics()
     d.stop()  # flush WAL, usage and the audit queue

@@ -60,6 +60,7 @@ class Exchange:
     injection_rules: tuple[str, ...] = ()
     error_code: str | None = None
     dlp_types: tuple[str, ...] = ()
+    redacted_types: tuple[str, ...] = ()
     client_subject: str | None = None
     prompt: str | None = None
     response: str | None = None
@@ -205,6 +206,7 @@ class Pipeline:
             if found.counts:
                 ex.redactions = sum(found.counts.values())
                 ex.dlp_types = tuple(sorted(found.counts))
+                ex.redacted_types = tuple(f"{kind}:{n}" for kind, n in sorted(found.counts.items()))
                 metrics.count_redactions(found.counts)
                 if found.blocked:
                     raise dlp.blocked_error(found)
@@ -283,7 +285,7 @@ class Pipeline:
             ex.request_id, ex.route, ex.status, round(elapsed * 1000, 3), p.key_id if p else None,
             p.owner if p else None, ex.client_subject, ex.provider if ex.outcome else None, ex.model,
             usage.prompt_tokens, usage.completion_tokens, ex.cost, bool(ex.outcome and ex.outcome.fallback),
-            False, ex.redactions, ex.error_code, ex.prompt, ex.response))
+            False, ex.redactions, ex.error_code, ex.prompt, ex.response, ex.redacted_types))
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

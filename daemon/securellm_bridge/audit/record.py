@@ -54,6 +54,8 @@ class RequestAudit:
     error_code: str | None = None
     prompt: str | None = None
     response: str | None = None
+    #: Redactions by detector, e.g. ``("EMAIL_ADDRESS:2", "API_KEY:1")`` (types and counts only).
+    redacted_types: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
