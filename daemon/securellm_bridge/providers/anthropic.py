@@ -12,7 +12,7 @@ from ..errors import UpstreamError
 from .anthropic_translate import (AnthropicStreamTranslator, anthropic_error_to_openai, anthropic_to_chat,
                                   chat_to_anthropic)
 from .base import Call, Reply, UpstreamFailure
-from .http import TRANSPORT_ERRORS, failure_for_status, make_session, malformed, transport_failure
+from .http import TRANSPORT_ERRORS, json_object, make_session, malformed, post, read, transport_failure
 from .openai_shapes import TokenUsage
 from .sse import SSE_DONE, SSEParser, encode_json_sse
 
@@ -45,33 +45,15 @@ class AnthropicProvider:
         assert self._session is not None
         body = chat_to_anthropic({**call.body, "model": call.model, "stream": stream},
                                  default_max_tokens=self.cfg.default_max_tokens)
-        try:
-            resp = await self._session.post(self._url, data=json.dumps(body).encode(), headers=self._headers)
-        except TRANSPORT_ERRORS as exc:
-            raise transport_failure(self.name, exc) from None
-        if resp.status != 200:
-            try:
-                raw = await resp.read()
-            except TRANSPORT_ERRORS as exc:
-                raise transport_failure(self.name, exc) from None
-            finally:
-                resp.release()
-            raise failure_for_status(self.name, resp.status, raw, resp.headers, anthropic_error_to_openai)
-        return resp
+        return await post(self._session, self.name, self._url, json.dumps(body).encode(), self._headers,
+                          anthropic_error_to_openai)
 
     async def complete(self, call: Call) -> Reply:
-        resp = await self._post(call, stream=False)
+        parsed = json_object(await read(await self._post(call, stream=False), self.name), self.name)
         try:
-            raw = await resp.read()
-        except TRANSPORT_ERRORS as exc:
-            raise transport_failure(self.name, exc) from None
-        finally:
-            resp.release()
-        try:
-            parsed = json.loads(raw)
             out = anthropic_to_chat(parsed, model=call.body.get("model", call.model), created=call.created,
                                     request_id=call.request_id)
-        except (ValueError, AttributeError, UpstreamError):
+        except (AttributeError, UpstreamError):
             raise malformed(self.name, "a malformed Messages response") from None
         usage = out["usage"]
         return Reply(200, json.dumps(out).encode(),

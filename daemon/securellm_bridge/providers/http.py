@@ -95,3 +95,35 @@ def usage_from(obj: Any) -> TokenUsage:
 
 
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError)
+
+
+async def post(session: aiohttp.ClientSession, provider: str, url: str, data: bytes, headers: dict[str, str],
+               mapper: ErrorMapper) -> aiohttp.ClientResponse:
+    """POST; a transport error or a non-200 answer becomes an :class:`UpstreamFailure`."""
+    try:
+        resp = await session.post(url, data=data, headers=headers)
+    except TRANSPORT_ERRORS as exc:
+        raise transport_failure(provider, exc) from None
+    if resp.status != 200:
+        raise failure_for_status(provider, resp.status, await read(resp, provider), resp.headers, mapper)
+    return resp
+
+
+async def read(resp: aiohttp.ClientResponse, provider: str) -> bytes:
+    """The whole body, then the connection goes back to the pool."""
+    try:
+        return await resp.read()
+    except TRANSPORT_ERRORS as exc:
+        raise transport_failure(provider, exc) from None
+    finally:
+        resp.release()
+
+
+def json_object(body: bytes, provider: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise malformed(provider, "malformed JSON") from None
+    if not isinstance(parsed, dict):
+        raise malformed(provider, "a JSON value that is not an object")
+    return parsed

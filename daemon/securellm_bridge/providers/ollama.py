@@ -10,7 +10,7 @@ import aiohttp
 from ..config.providers import ProviderConfig
 from ..errors import UpstreamError
 from .base import Call, Reply, UpstreamFailure
-from .http import TRANSPORT_ERRORS, failure_for_status, make_session, malformed, transport_failure
+from .http import TRANSPORT_ERRORS, json_object, make_session, malformed, post, read, transport_failure
 from .ollama_translate import (OllamaStreamTranslator, chat_to_ollama, embeddings_to_ollama, ollama_error_to_openai,
                                ollama_to_chat, ollama_to_embeddings)
 from .openai_shapes import TokenUsage
@@ -40,34 +40,11 @@ class OllamaProvider:
 
     async def _post(self, path: str, body: dict) -> aiohttp.ClientResponse:
         assert self._session is not None
-        try:
-            resp = await self._session.post(self.cfg.url + path, data=json.dumps(body).encode(), headers=self._headers)
-        except TRANSPORT_ERRORS as exc:
-            raise transport_failure(self.name, exc) from None
-        if resp.status != 200:
-            try:
-                raw = await resp.read()
-            except TRANSPORT_ERRORS as exc:
-                raise transport_failure(self.name, exc) from None
-            finally:
-                resp.release()
-            raise failure_for_status(self.name, resp.status, raw, resp.headers, ollama_error_to_openai)
-        return resp
+        return await post(self._session, self.name, self.cfg.url + path, json.dumps(body).encode(), self._headers,
+                          ollama_error_to_openai)
 
     async def _read_json(self, resp: aiohttp.ClientResponse) -> dict:
-        try:
-            raw = await resp.read()
-        except TRANSPORT_ERRORS as exc:
-            raise transport_failure(self.name, exc) from None
-        finally:
-            resp.release()
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            raise malformed(self.name, "malformed JSON") from None
-        if not isinstance(parsed, dict):
-            raise malformed(self.name, "a JSON value that is not an object")
-        return parsed
+        return json_object(await read(resp, self.name), self.name)
 
     async def complete(self, call: Call) -> Reply:
         client_model = call.body.get("model", call.model)
