@@ -11,10 +11,10 @@ import sys
 from securellm_bridge import __version__
 
 from .client import SOCKET_ENV, default_socket
-from .commands import audit, certs, completion, keys, security, system, usage
+from .commands import audit, certs, completion, events, keys, models, security, system, usage, vram
 from .errors import EXIT_FAILURE, CtlError
 
-COMMAND_GROUPS = (system, keys, audit, usage, certs, security, completion)
+COMMAND_GROUPS = (system, keys, audit, usage, certs, security, models, vram, events, completion)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,10 +16,15 @@ import time
 
 import uvloop
 
-from . import __version__, config, logs
-from .errors import BridgeError, ConfigErrors
-from .lifecycle import Notifier, run_watchdog, watchdog_interval
-from .runtime import Runtime
+# grpcio's core runs its fork handlers unless told otherwise; a fork (every llama-server start)
+# while a control call is in flight then crashes the child with SIGSEGV now and then. The
+# daemon forks only to exec, so it needs no fork support. Set before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+from . import __version__, config, logs  # noqa: E402
+from .errors import BridgeError, ConfigErrors  # noqa: E402
+from .lifecycle import Notifier, run_watchdog, watchdog_interval  # noqa: E402
+from .runtime import Runtime  # noqa: E402
 
 log = logging.getLogger("securellm_bridge")
 

@@ -93,3 +93,63 @@ class ReloadResponse(_message.Message):
     applied: _containers.RepeatedScalarFieldContainer[str]
     restart_required: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, config_path: _Optional[str] = ..., applied: _Optional[_Iterable[str]] = ..., restart_required: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetVramRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GpuProcess(_message.Message):
+    __slots__ = ("pid", "owner", "used_bytes", "model")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    owner: str
+    used_bytes: int
+    model: str
+    def __init__(self, pid: _Optional[int] = ..., owner: _Optional[str] = ..., used_bytes: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
+
+class Gpu(_message.Message):
+    __slots__ = ("index", "name", "total_bytes", "used_bytes", "free_bytes", "utilization_percent", "processes")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+    utilization_percent: int
+    processes: _containers.RepeatedCompositeFieldContainer[GpuProcess]
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., utilization_percent: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[GpuProcess, _Mapping]]] = ...) -> None: ...
+
+class VramReport(_message.Message):
+    __slots__ = ("mode", "reason", "gpus", "total_bytes", "used_bytes", "free_bytes", "used_percent", "processes", "taken_at", "threshold_percent", "headroom_bytes")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    TAKEN_AT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    HEADROOM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    reason: str
+    gpus: _containers.RepeatedCompositeFieldContainer[Gpu]
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+    used_percent: float
+    processes: _containers.RepeatedCompositeFieldContainer[GpuProcess]
+    taken_at: _timestamp_pb2.Timestamp
+    threshold_percent: float
+    headroom_bytes: int
+    def __init__(self, mode: _Optional[str] = ..., reason: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., used_percent: _Optional[float] = ..., processes: _Optional[_Iterable[_Union[GpuProcess, _Mapping]]] = ..., taken_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., threshold_percent: _Optional[float] = ..., headroom_bytes: _Optional[int] = ...) -> None: ...

@@ -50,6 +50,11 @@ class SystemStub:
                 request_serializer=securellm_dot_control_dot_v1_dot_system__pb2.ReloadRequest.SerializeToString,
                 response_deserializer=securellm_dot_control_dot_v1_dot_system__pb2.ReloadResponse.FromString,
                 _registered_method=True)
+        self.GetVram = channel.unary_unary(
+                '/securellm.control.v1.System/GetVram',
+                request_serializer=securellm_dot_control_dot_v1_dot_system__pb2.GetVramRequest.SerializeToString,
+                response_deserializer=securellm_dot_control_dot_v1_dot_system__pb2.VramReport.FromString,
+                _registered_method=True)
 
 
 class SystemServicer:
@@ -76,6 +81,13 @@ class SystemServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVram(self, request, context):
+        """Accelerator memory now: per GPU, per process, and which mode the monitor runs in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SystemServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +105,11 @@ def add_SystemServicer_to_server(servicer, server):
                     servicer.Reload,
                     request_deserializer=securellm_dot_control_dot_v1_dot_system__pb2.ReloadRequest.FromString,
                     response_serializer=securellm_dot_control_dot_v1_dot_system__pb2.ReloadResponse.SerializeToString,
+            ),
+            'GetVram': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVram,
+                    request_deserializer=securellm_dot_control_dot_v1_dot_system__pb2.GetVramRequest.FromString,
+                    response_serializer=securellm_dot_control_dot_v1_dot_system__pb2.VramReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +194,33 @@ class System:
             '/securellm.control.v1.System/Reload',
             securellm_dot_control_dot_v1_dot_system__pb2.ReloadRequest.SerializeToString,
             securellm_dot_control_dot_v1_dot_system__pb2.ReloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/securellm.control.v1.System/GetVram',
+            securellm_dot_control_dot_v1_dot_system__pb2.GetVramRequest.SerializeToString,
+            securellm_dot_control_dot_v1_dot_system__pb2.VramReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from ..errors import BridgeError
+from ..local.views import vram_json
 from .errors import error_response
 from .principal import authenticate
 
@@ -64,6 +65,12 @@ def build_app(rt: "Runtime", max_body_bytes: int) -> web.Application:
                 "providers": {"total": len(provs), "up": up}}
         return web.json_response(body, status=200 if ok else 503)
 
+    async def vram(request: web.Request) -> web.StreamResponse:
+        try:
+            return web.json_response(vram_json(rt.local))
+        except BridgeError as exc:
+            return error_response(exc, {})
+
     async def metrics(request: web.Request) -> web.StreamResponse:
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -79,6 +86,7 @@ def build_app(rt: "Runtime", max_body_bytes: int) -> web.Application:
     app.router.add_get("/health/live", live)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/health/providers", providers)
+    app.router.add_get("/health/vram", vram)
     app.router.add_get("/health", summary)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/{tail:.*}", not_found)

@@ -17,12 +17,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .._pb import audit_pb2, audit_pb2_grpc, keys_pb2, keys_pb2_grpc, system_pb2, system_pb2_grpc, usage_pb2, usage_pb2_grpc
-from .._pb import security_pb2, security_pb2_grpc
+from .._pb import models_pb2, models_pb2_grpc, security_pb2, security_pb2_grpc
 from ..config.schema import ControlConfig
 from ..errors import StateError
 from .audit import AuditServicer
 from .errors import ErrorInterceptor
+from .events import EventsServicer
 from .keys import KeysServicer
+from .models import ModelsServicer
 from .security import SecurityServicer
 from .system import SystemServicer
 from .usage import UsageServicer
@@ -36,6 +38,8 @@ SERVICE_NAMES = (
     audit_pb2.DESCRIPTOR.services_by_name["Audit"].full_name,
     usage_pb2.DESCRIPTOR.services_by_name["Usage"].full_name,
     security_pb2.DESCRIPTOR.services_by_name["Security"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["Events"].full_name,
 )
 
 
@@ -50,6 +54,8 @@ class ControlServer:
         audit_pb2_grpc.add_AuditServicer_to_server(AuditServicer(runtime), self._server)
         usage_pb2_grpc.add_UsageServicer_to_server(UsageServicer(runtime.usage, runtime.keys), self._server)
         security_pb2_grpc.add_SecurityServicer_to_server(SecurityServicer(runtime), self._server)
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(runtime), self._server)
+        models_pb2_grpc.add_EventsServicer_to_server(EventsServicer(runtime), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)

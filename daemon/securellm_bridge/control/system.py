@@ -14,6 +14,7 @@ from .. import config as config_mod
 from .._pb import system_pb2, system_pb2_grpc
 from ..errors import ConfigErrors, InvalidRequest
 from .convert import timestamp
+from .local_convert import local_models, vram_report
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -60,3 +61,7 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
         result = await self._rt.reload()
         return system_pb2.ReloadResponse(config_path=result.path, applied=list(result.applied),
                                          restart_required=list(result.restart_required))
+
+    async def GetVram(self, request: system_pb2.GetVramRequest,
+                      context: grpc.aio.ServicerContext) -> system_pb2.VramReport:
+        return vram_report(local_models(self._rt))
