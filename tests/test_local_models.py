@@ -192,3 +192,36 @@ def test_ollama_backed_local_model_through_a_supervised_ollama(make_daemon: Call
     chunks = list(b.openai().chat.completions.create(model="llama3.2:1b", stream=True,
                                                      messages=[{"role": "user", "content": "stream it"}]))
     assert any(c.choices and c.choices[0].delta.content for c in chunks)
+
+
+def test_forwarder_request_right_after_a_stream(tmp_path: Path) -> None:
+    """llama-server closes the connection after a stream although it offered keep-alive: the
+    next request must not get that dead pooled connection (it did, before Connection: close)."""
+    import asyncio
+
+    from securellm_bridge.local.backends.llamacpp import LlamaCppBackend
+    from securellm_bridge.local.instances import LlamaInstance
+    from securellm_bridge.providers.base import Call
+
+    from .llama import require_llama_server
+
+    path = write_models(tmp_path / "models", ("tiny-a",))["tiny-a"]
+
+    async def run() -> None:
+        inst = LlamaInstance(LlamaCppBackend("tiny-a", path, binary=require_llama_server(), ctx=256, gpu_layers=0,
+                                             parallel=1))
+        await inst.start()
+        try:
+            body = chat("tiny-a", max_tokens=2)
+            for i in range(10):
+                stream = await inst.provider.open_stream(Call(f"r{i}", "chat", "tiny-a", {**body, "stream": True},
+                                                              None, True, False, 0))
+                async for _ in stream:
+                    pass
+                await stream.aclose()
+                reply = await inst.provider.complete(Call(f"c{i}", "chat", "tiny-a", body, None, False, False, 0))
+                assert reply.status == 200
+        finally:
+            await inst.stop(5)
+
+    asyncio.run(run())

@@ -1,8 +1,8 @@
 """A loaded local model: its backend process (or Ollama model) plus the provider that
 forwards requests to it.
 
-``llama-server`` gets a new port and API key on every restart, so the forwarder reads them
-from the backend per request instead of fixing them at construction.
+``llama-server`` gets a new API key on every restart (and a new port when its old one was
+taken), so the forwarder reads both from the backend per request.
 """
 
 from __future__ import annotations
@@ -10,7 +10,11 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable
 
+import aiohttp
+
 from ..config.providers import ProviderConfig
+from ..providers.base import Call
+from ..providers.http import openai_error_to_openai, post
 from ..providers.ollama import OllamaProvider
 from ..providers.openai import PATHS, OpenAIProvider
 from .backends.llamacpp import LlamaCppBackend
@@ -35,6 +39,17 @@ class LlamaForwarder(OpenAIProvider):
 
     def request_headers(self) -> dict[str, str]:
         return {**self._headers, **self._backend.headers}
+
+    async def _post(self, call: Call, payload: bytes) -> aiohttp.ClientResponse:
+        assert self._session is not None
+        headers = self.request_headers()
+        if call.stream:
+            # llama-server closes the connection after a streamed answer although it offered
+            # keep-alive; a pooled connection could then fail the next request (a loopback
+            # connect costs ~0.1 ms).
+            headers["Connection"] = "close"
+        return await post(self._session, self.name, self.url_for(call.route), payload, headers,
+                          openai_error_to_openai)
 
 
 class LlamaInstance:

@@ -128,7 +128,7 @@ class LlamaCppBackend:
         self._session: aiohttp.ClientSession | None = None
         self.process = SupervisedProcess(
             name, self._launch, self._healthy, program="llama-server", logger=log,
-            ready_timeout=ready_timeout, grace=grace, policy=restart_policy, parse=self._parse,
+            ready_timeout=ready_timeout, probe_interval=0.01, grace=grace, policy=restart_policy, parse=self._parse,
             retryable=lambda tail: any(_BIND_FAILED in line for line in tail),
             registry=registry)
         self.process.on_output(self._watch_load)
