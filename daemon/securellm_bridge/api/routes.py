@@ -75,9 +75,12 @@ def build_app(rt: "Runtime", max_body_bytes: int) -> web.Application:
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def not_found(request: web.Request) -> web.StreamResponse:
+        allowed = methods.get(request.path)
+        status, code = (405, "method_not_allowed") if allowed else (404, "not_found")
         body = {"error": {"message": f"no route for {request.method} {request.path}", "type": "invalid_request_error",
-                          "param": None, "code": "not_found"}}
-        return web.Response(status=404, text=json.dumps(body), content_type="application/json")
+                          "param": None, "code": code}}
+        return web.Response(status=status, text=json.dumps(body), content_type="application/json",
+                            headers={"Allow": allowed} if allowed else None)
 
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", completions)
@@ -89,6 +92,7 @@ def build_app(rt: "Runtime", max_body_bytes: int) -> web.Application:
     app.router.add_get("/health/vram", vram)
     app.router.add_get("/health", summary)
     app.router.add_get("/metrics", metrics)
+    methods = {r.resource.canonical: r.method for r in app.router.routes() if r.resource is not None}
     app.router.add_route("*", "/{tail:.*}", not_found)
     app.middlewares.append(_http_errors)
     return app
