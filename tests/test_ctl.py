@@ -34,6 +34,8 @@ def test_status_table_and_json(daemon: Daemon) -> None:
     assert data["counts"]["keys_active"] == "0"
     assert float(data["uptime_seconds"]) >= 0
     assert data["version"]
+    assert data["memory_mode"] in ("cpu", "gpu") and data["memory_reason"]
+    assert "memory:" in r.stdout
 
 
 def test_json_flag_before_command(daemon: Daemon) -> None:

@@ -41,6 +41,8 @@ def status(args: argparse.Namespace) -> int:
     pairs = [("version", st.version), ("state", st.state), ("pid", st.pid),
              ("uptime", output.duration(st.uptime_seconds)), ("config", st.config_path),
              ("started", output.when(st.started_at))]
+    if st.memory_mode:
+        pairs.append(("memory", f"{st.memory_mode} ({st.memory_reason})" if st.memory_reason else st.memory_mode))
     pairs += [(f"listener {l.name}", f"{l.address} ({l.protocol})") for l in st.listeners]
     pairs += [(k.replace("_", " "), v) for k, v in sorted(st.counts.items())]
     print(output.fields(pairs))

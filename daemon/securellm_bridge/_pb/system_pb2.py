@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!securellm/control/v1/system.proto\x12\x14securellm.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\";\n\x08Listener\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\t\"\xe4\x02\n\x06Status\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x01\x12\x13\n\x0b\x63onfig_path\x18\x04 \x01(\t\x12\x31\n\tlisteners\x18\x05 \x03(\x0b\x32\x1e.securellm.control.v1.Listener\x12\x38\n\x06\x63ounts\x18\x06 \x03(\x0b\x32(.securellm.control.v1.Status.CountsEntry\x12\r\n\x05state\x18\x07 \x01(\t\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x63onfig_loaded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"A\n\x15ValidateConfigRequest\x12\x0e\n\x04path\x18\x01 \x01(\tH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\";\n\rConfigProblem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"i\n\x16ValidateConfigResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x35\n\x08problems\x18\x02 \x03(\x0b\x32#.securellm.control.v1.ConfigProblem\x12\x0c\n\x04path\x18\x03 \x01(\t\"\x0f\n\rReloadRequest\"P\n\x0eReloadResponse\x12\x13\n\x0b\x63onfig_path\x18\x01 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x02 \x03(\t\x12\x18\n\x10restart_required\x18\x03 \x03(\t\"\x10\n\x0eGetVramRequest\"X\n\nGpuProcess\x12\x10\n\x03pid\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\r\n\x05model\x18\x04 \x01(\tB\x06\n\x04_pid\"\xce\x01\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\x12 \n\x13utilization_percent\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x33\n\tprocesses\x18\x07 \x03(\x0b\x32 .securellm.control.v1.GpuProcessB\x16\n\x14_utilization_percent\"\xbc\x02\n\nVramReport\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\'\n\x04gpus\x18\x03 \x03(\x0b\x32\x19.securellm.control.v1.Gpu\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nused_bytes\x18\x05 \x01(\x04\x12\x12\n\nfree_bytes\x18\x06 \x01(\x04\x12\x14\n\x0cused_percent\x18\x07 \x01(\x01\x12\x33\n\tprocesses\x18\x08 \x03(\x0b\x32 .securellm.control.v1.GpuProcess\x12,\n\x08taken_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11threshold_percent\x18\n \x01(\x01\x12\x16\n\x0eheadroom_bytes\x18\x0b \x01(\x04\x32\xf0\x02\n\x06System\x12Q\n\tGetStatus\x12&.securellm.control.v1.GetStatusRequest\x1a\x1c.securellm.control.v1.Status\x12k\n\x0eValidateConfig\x12+.securellm.control.v1.ValidateConfigRequest\x1a,.securellm.control.v1.ValidateConfigResponse\x12S\n\x06Reload\x12#.securellm.control.v1.ReloadRequest\x1a$.securellm.control.v1.ReloadResponse\x12Q\n\x07GetVram\x12$.securellm.control.v1.GetVramRequest\x1a .securellm.control.v1.VramReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!securellm/control/v1/system.proto\x12\x14securellm.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\";\n\x08Listener\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\t\"\x90\x03\n\x06Status\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x01\x12\x13\n\x0b\x63onfig_path\x18\x04 \x01(\t\x12\x31\n\tlisteners\x18\x05 \x03(\x0b\x32\x1e.securellm.control.v1.Listener\x12\x38\n\x06\x63ounts\x18\x06 \x03(\x0b\x32(.securellm.control.v1.Status.CountsEntry\x12\r\n\x05state\x18\x07 \x01(\t\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x63onfig_loaded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmemory_mode\x18\n \x01(\t\x12\x15\n\rmemory_reason\x18\x0b \x01(\t\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"A\n\x15ValidateConfigRequest\x12\x0e\n\x04path\x18\x01 \x01(\tH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\";\n\rConfigProblem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"i\n\x16ValidateConfigResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x35\n\x08problems\x18\x02 \x03(\x0b\x32#.securellm.control.v1.ConfigProblem\x12\x0c\n\x04path\x18\x03 \x01(\t\"\x0f\n\rReloadRequest\"P\n\x0eReloadResponse\x12\x13\n\x0b\x63onfig_path\x18\x01 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x02 \x03(\t\x12\x18\n\x10restart_required\x18\x03 \x03(\t\"\x10\n\x0eGetVramRequest\"X\n\nGpuProcess\x12\x10\n\x03pid\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\r\n\x05model\x18\x04 \x01(\tB\x06\n\x04_pid\"\xce\x01\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\x12 \n\x13utilization_percent\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x33\n\tprocesses\x18\x07 \x03(\x0b\x32 .securellm.control.v1.GpuProcessB\x16\n\x14_utilization_percent\"\xbc\x02\n\nVramReport\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\'\n\x04gpus\x18\x03 \x03(\x0b\x32\x19.securellm.control.v1.Gpu\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nused_bytes\x18\x05 \x01(\x04\x12\x12\n\nfree_bytes\x18\x06 \x01(\x04\x12\x14\n\x0cused_percent\x18\x07 \x01(\x01\x12\x33\n\tprocesses\x18\x08 \x03(\x0b\x32 .securellm.control.v1.GpuProcess\x12,\n\x08taken_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11threshold_percent\x18\n \x01(\x01\x12\x16\n\x0eheadroom_bytes\x18\x0b \x01(\x04\x32\xf0\x02\n\x06System\x12Q\n\tGetStatus\x12&.securellm.control.v1.GetStatusRequest\x1a\x1c.securellm.control.v1.Status\x12k\n\x0eValidateConfig\x12+.securellm.control.v1.ValidateConfigRequest\x1a,.securellm.control.v1.ValidateConfigResponse\x12S\n\x06Reload\x12#.securellm.control.v1.ReloadRequest\x1a$.securellm.control.v1.ReloadResponse\x12Q\n\x07GetVram\x12$.securellm.control.v1.GetVramRequest\x1a .securellm.control.v1.VramReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,27 +39,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTENER']._serialized_start=112
   _globals['_LISTENER']._serialized_end=171
   _globals['_STATUS']._serialized_start=174
-  _globals['_STATUS']._serialized_end=530
-  _globals['_STATUS_COUNTSENTRY']._serialized_start=485
-  _globals['_STATUS_COUNTSENTRY']._serialized_end=530
-  _globals['_VALIDATECONFIGREQUEST']._serialized_start=532
-  _globals['_VALIDATECONFIGREQUEST']._serialized_end=597
-  _globals['_CONFIGPROBLEM']._serialized_start=599
-  _globals['_CONFIGPROBLEM']._serialized_end=658
-  _globals['_VALIDATECONFIGRESPONSE']._serialized_start=660
-  _globals['_VALIDATECONFIGRESPONSE']._serialized_end=765
-  _globals['_RELOADREQUEST']._serialized_start=767
-  _globals['_RELOADREQUEST']._serialized_end=782
-  _globals['_RELOADRESPONSE']._serialized_start=784
-  _globals['_RELOADRESPONSE']._serialized_end=864
-  _globals['_GETVRAMREQUEST']._serialized_start=866
-  _globals['_GETVRAMREQUEST']._serialized_end=882
-  _globals['_GPUPROCESS']._serialized_start=884
-  _globals['_GPUPROCESS']._serialized_end=972
-  _globals['_GPU']._serialized_start=975
-  _globals['_GPU']._serialized_end=1181
-  _globals['_VRAMREPORT']._serialized_start=1184
-  _globals['_VRAMREPORT']._serialized_end=1500
-  _globals['_SYSTEM']._serialized_start=1503
-  _globals['_SYSTEM']._serialized_end=1871
+  _globals['_STATUS']._serialized_end=574
+  _globals['_STATUS_COUNTSENTRY']._serialized_start=529
+  _globals['_STATUS_COUNTSENTRY']._serialized_end=574
+  _globals['_VALIDATECONFIGREQUEST']._serialized_start=576
+  _globals['_VALIDATECONFIGREQUEST']._serialized_end=641
+  _globals['_CONFIGPROBLEM']._serialized_start=643
+  _globals['_CONFIGPROBLEM']._serialized_end=702
+  _globals['_VALIDATECONFIGRESPONSE']._serialized_start=704
+  _globals['_VALIDATECONFIGRESPONSE']._serialized_end=809
+  _globals['_RELOADREQUEST']._serialized_start=811
+  _globals['_RELOADREQUEST']._serialized_end=826
+  _globals['_RELOADRESPONSE']._serialized_start=828
+  _globals['_RELOADRESPONSE']._serialized_end=908
+  _globals['_GETVRAMREQUEST']._serialized_start=910
+  _globals['_GETVRAMREQUEST']._serialized_end=926
+  _globals['_GPUPROCESS']._serialized_start=928
+  _globals['_GPUPROCESS']._serialized_end=1016
+  _globals['_GPU']._serialized_start=1019
+  _globals['_GPU']._serialized_end=1225
+  _globals['_VRAMREPORT']._serialized_start=1228
+  _globals['_VRAMREPORT']._serialized_end=1544
+  _globals['_SYSTEM']._serialized_start=1547
+  _globals['_SYSTEM']._serialized_end=1915
 # @@protoc_insertion_point(module_scope)

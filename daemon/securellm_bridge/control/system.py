@@ -12,7 +12,7 @@ import grpc
 from .. import __version__
 from .. import config as config_mod
 from .._pb import system_pb2, system_pb2_grpc
-from ..errors import ConfigErrors, InvalidRequest
+from ..errors import BridgeError, ConfigErrors, InvalidRequest
 from .convert import timestamp
 from .local_convert import local_models, vram_report
 
@@ -36,7 +36,7 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
             config_path=rt.loaded.path, state=rt.state,
             listeners=[system_pb2.Listener(name=n, address=a, protocol=p) for n, a, p in rt.listeners],
             counts=rt.counts(), started_at=timestamp(rt.started_at),
-            config_loaded_at=timestamp(rt.config_loaded_at))
+            config_loaded_at=timestamp(rt.config_loaded_at), **_memory(rt))
 
     async def ValidateConfig(self, request: system_pb2.ValidateConfigRequest,
                              context: grpc.aio.ServicerContext) -> system_pb2.ValidateConfigResponse:
@@ -65,3 +65,14 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
     async def GetVram(self, request: system_pb2.GetVramRequest,
                       context: grpc.aio.ServicerContext) -> system_pb2.VramReport:
         return vram_report(local_models(self._rt))
+
+
+def _memory(rt: "Runtime") -> dict[str, str]:
+    if rt.local is None:
+        return {}
+    try:
+        snap = rt.local.monitor.snapshot()
+    except BridgeError:  # not measured yet
+        return {}
+    return {"memory_mode": snap.mode, "memory_reason": snap.reason}
+
