@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from securellm_bridge.errors import Conflict, InvalidRequest
 from securellm_bridge.local.gguf_meta import GgufMeta
@@ -99,6 +98,8 @@ def kv_row_bytes(kv_type: str, n_elements: int) -> int:
     if kv_type not in KV_TYPES:
         raise InvalidRequest(f"kv_type must be one of {', '.join(KV_TYPES)}, not {kv_type!r}",
                              param="kv_type")
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # imported on use, see gguf_meta
+
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType[kv_type.upper()]]
     if n_elements % block:
         raise InvalidRequest(f"kv_type {kv_type} needs a KV width divisible by {block}, "

@@ -14,13 +14,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, LlamaFileType
-from gguf.gguf_reader import ReaderField
+from typing import TYPE_CHECKING, Any
 
 from securellm_bridge.errors import BridgeError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.gguf_reader import ReaderField
+
+# `gguf` (and numpy) are imported where a file is read, not here: a daemon without local
+# models never pays their ~15 MB of memory.
 
 #: Arrays up to this many elements are kept in ``GgufMeta.metadata`` as lists; longer ones
 #: (the token list, merges, scores) are replaced by ``{"array_of": type, "length": n}``.
@@ -102,6 +106,8 @@ def read_gguf_meta(path: Path | str) -> GgufMeta:
 
 def quantization_name(file_type: int) -> str | None:
     """``LlamaFileType`` value -> llama.cpp's short name (``15`` -> ``Q4_K_M``), None if unknown."""
+    from gguf import LlamaFileType
+
     try:
         member = LlamaFileType(file_type & ~_FTYPE_GUESSED)
     except ValueError:
@@ -112,6 +118,8 @@ def quantization_name(file_type: int) -> str | None:
 
 
 def _open(path: Path) -> GGUFReader:
+    from gguf import GGUFReader
+
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -168,6 +176,8 @@ def _build(path: Path, kv: Mapping[str, Any], readers: list[GGUFReader]) -> Gguf
     layer_bytes = [0] * n_layer
     token_embd = output = total = count = 0
     has_output = False
+    from gguf import GGMLQuantizationType
+
     elements_by_type: dict[GGMLQuantizationType, int] = {}
     for reader in readers:
         for tensor in reader.tensors:
@@ -234,6 +244,8 @@ def _metadata(path: Path, reader: GGUFReader) -> dict[str, Any]:
 
 
 def _value(fld: ReaderField) -> Any:
+    from gguf import GGUFValueType
+
     main = fld.types[0]
     if main == GGUFValueType.STRING:
         return _text(fld.parts[-1])
@@ -252,6 +264,8 @@ def _text(part: np.ndarray) -> str:
 
 
 def _scalar(value: np.generic) -> bool | int | float:
+    import numpy as np
+
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, np.integer):
