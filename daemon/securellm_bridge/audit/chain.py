@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Mapping
+from typing import Callable, Mapping
 
 from .record import CHAIN, PREFIX
 
@@ -30,12 +30,34 @@ def covered(fields: Mapping[str, str]) -> dict[str, str]:
 
 
 def canonical(fields: Mapping[str, str]) -> bytes:
-    return json.dumps(covered(fields), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return canonical_text(covered(fields)).encode("utf-8")
+
+
+def _canonical_encoder() -> Callable[[Mapping[str, str]], str]:
+    # The C encoder made once, as json.dumps(..., sort_keys=True, separators=(",", ":"),
+    # ensure_ascii=False) makes it on every call (same output; no circular-reference check,
+    # which a flat dict of strings does not need).
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+        return dumps
+    c = make(None, None, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+    return lambda fields: "".join(c(fields, 0))
+
+
+#: ``canonical_text(fields)``: the canonical JSON of ``fields`` as a str, for fields that are all
+#: covered (what ``record.build`` returns); ``canonical`` filters first.
+canonical_text = _canonical_encoder()
 
 
 def link(key: bytes, previous: str, fields: Mapping[str, str]) -> str:
     """The chain value of a record that follows the record whose chain value is ``previous``."""
-    return hmac.new(key, bytes.fromhex(previous) + canonical(fields), hashlib.sha256).hexdigest()
+    return link_canonical(key, previous, canonical(fields))
+
+
+def link_canonical(key: bytes, previous: str, data: bytes) -> str:
+    """``link`` for a record whose canonical form ``data`` is already encoded."""
+    return hmac.digest(key, bytes.fromhex(previous) + data, "sha256").hex()
 
 
 def verifies(key: bytes, previous: str, fields: Mapping[str, str]) -> bool:

@@ -6,7 +6,6 @@ docs/AUDIT.md lists them with their fields; keep both in step.
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 from enum import Enum
 from typing import Mapping
@@ -76,9 +75,6 @@ class _Missing(dict[str, str]):
         return "-"
 
 
-_FORMATTER = string.Formatter()
-
-
 def summarize(event: EventType, values: Mapping[str, str]) -> str:
     """The readable ``MESSAGE`` of a record; fields that are absent read as ``-``."""
-    return _FORMATTER.vformat(event.summary, (), _Missing(values))
+    return event.summary.format_map(_Missing(values))

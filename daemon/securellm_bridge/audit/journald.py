@@ -33,6 +33,10 @@ class JournalUnavailable(Exception):
 
 
 def encode(fields: Mapping[str, str]) -> bytes:
+    # Names hold no newline (record.py); when no value does either, each field is "NAME=value".
+    text = "\n".join(map("=".join, fields.items()))
+    if text.count("\n") == len(fields) - 1:
+        return (text + "\n").encode("utf-8")
     parts: list[bytes] = []
     for name, value in fields.items():
         data = value.encode("utf-8")

@@ -63,12 +63,15 @@ class RequestAudit:
         return f"RequestAudit({shown}, prompt=<{_size(self.prompt)}>, response=<{_size(self.response)}>)"
 
     def values(self, *, with_prompt: bool, with_response: bool) -> dict[str, FieldValue]:
-        out: dict[str, FieldValue] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out: dict[str, FieldValue] = {name: getattr(self, name) for name in _REQUEST_FIELDS}
         if not with_prompt:
-            out.pop("prompt")
+            del out["prompt"]
         if not with_response:
-            out.pop("response")
+            del out["response"]
         return out
+
+
+_REQUEST_FIELDS = tuple(f.name for f in fields(RequestAudit))
 
 
 def _size(text: str | None) -> str:
@@ -108,7 +111,12 @@ def mask_secrets(text: str) -> str:
 
 def timestamp(epoch: float) -> str:
     """RFC 3339 UTC with microseconds, e.g. ``2025-01-31T12:00:00.123456Z``."""
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat (C, ~10x cheaper than strftime) gives "...T12:00:00.123456+00:00" for UTC.
+    return _fromtimestamp(epoch, _UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+_UTC = dt.timezone.utc
+_fromtimestamp = dt.datetime.fromtimestamp
 
 
 def parse_timestamp(text: str) -> float:
@@ -118,7 +126,20 @@ def parse_timestamp(text: str) -> float:
 def build(event: EventType, values: Mapping[str, FieldValue], *, seq: int, when: float,
           priority: int) -> dict[str, str]:
     """The journald fields of one record, without ``SECURELLM_CHAIN``."""
-    rendered = {name: format_value(v) for name, v in values.items() if v is not None}
+    rendered: dict[str, str] = {}
+    for name, v in values.items():
+        t = type(v)
+        if t is str:
+            rendered[name] = v  # type: ignore[assignment]  # masked below
+        elif t is int:
+            rendered[name] = str(v)
+        elif v is not None:
+            rendered[name] = format_value(v)
+    # Mask secrets in every value, but scan once: a value holds a match only if the values
+    # joined by NUL (no word, space or token character, so no match starts, ends or spans
+    # across one) hold a match too; only then is each value masked on its own.
+    if _SECRET_RE.search("\0".join(rendered.values())):
+        rendered = {name: mask_secrets(text) for name, text in rendered.items()}
     out = {
         "MESSAGE": summarize(event, rendered),
         "MESSAGE_ID": event.message_id,
@@ -128,5 +149,14 @@ def build(event: EventType, values: Mapping[str, FieldValue], *, seq: int, when:
         SEQ: str(seq),
         TIME: timestamp(when),
     }
-    out.update((PREFIX + name.upper(), text) for name, text in rendered.items())
+    names = _JOURNAL_NAMES
+    for name, text in rendered.items():
+        field = names.get(name)
+        if field is None:
+            field = names[name] = PREFIX + name.upper()
+        out[field] = text
     return out
+
+
+#: ``name`` → ``SECURELLM_NAME``; names are code-defined (check_fields), so this stays small.
+_JOURNAL_NAMES: dict[str, str] = {}

@@ -46,6 +46,8 @@ class FileSink:
         self._fd: int | None = None
         self._size = 0
         self._day = ""
+        #: (day, its first second, the next day's first second), UTC, to check rotation cheaply.
+        self._day_span: tuple[str, float, float] = ("", 0.0, 0.0)
 
     def _open(self) -> int:
         if self._fd is None:
@@ -59,11 +61,15 @@ class FileSink:
 
     def write(self, records: Sequence[Mapping[str, str]]) -> None:
         """Append records (one ``write`` per batch unless a rotation falls inside it)."""
+        self.write_lines([to_line(fields)[:-1] for fields in records])
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Append records already rendered as JSON objects (``to_line`` without its newline)."""
         self._open()
         pending: list[bytes] = []
         pending_size = 0
-        for fields in records:
-            data = to_line(fields).encode("utf-8")
+        for line in lines:
+            data = (line + "\n").encode("utf-8")
             if self._due(self._size + pending_size, len(data)):
                 self._flush(pending)
                 pending, pending_size = [], 0
@@ -76,7 +82,13 @@ class FileSink:
         if current == 0:
             return False
         if self.rotate == "daily":
-            return self._day != _day(time.time())
+            now = time.time()
+            if self._day_span[0] == self._day and self._day_span[1] <= now < self._day_span[2]:
+                return False  # still within the file's day: no strftime per record
+            today = _day(now)
+            start = dt.datetime.strptime(today, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc).timestamp()
+            self._day_span = (today, start, start + DAY_S)
+            return self._day != today
         return current + incoming > self.max_bytes
 
     def _flush(self, chunks: list[bytes]) -> None:

@@ -50,14 +50,20 @@ class StateFile:
                              "or remove it to start a new chain at seq 1")
         return state
 
-    def save(self, state: ChainState, *, durable: bool) -> None:
-        """Atomically replace the file; ``durable`` also fsyncs it and its directory."""
-        data = {"version": VERSION, "seq": state.seq, "chain": state.chain, "key_id": state.key_id,
-                "pending": [dict(p) for p in state.pending]}
+    def save(self, state: ChainState, *, durable: bool, pending_json: str | None = None) -> None:
+        """Atomically replace the file; ``durable`` also fsyncs it and its directory.
+
+        ``pending_json``: ``state.pending`` already rendered as a JSON array (the writer has
+        each record's JSON text at hand), so it is not encoded again.
+        """
+        if pending_json is None:
+            pending_json = json.dumps([dict(p) for p in state.pending], ensure_ascii=False, separators=(",", ":"))
+        head = json.dumps({"version": VERSION, "seq": state.seq, "chain": state.chain, "key_id": state.key_id},
+                          ensure_ascii=False, separators=(",", ":"))
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            payload = f'{head[:-1]},"pending":{pending_json}}}'.encode("utf-8")
             view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view):]

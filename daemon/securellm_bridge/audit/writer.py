@@ -17,28 +17,30 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 from ..config.security import AuditConfig
 from ..errors import ConfigErrors
 from . import chainkey, record
-from .chain import key_id, link
+from .chain import canonical_text, key_id, link_canonical
 from .events import ADMIN_EVENTS, ERR, EVENTS, SECURITY_EVENTS, EventType, request_priority
 from .metrics import ERRORS, FALLBACK, RECORDS
 from .record import CHAIN, FieldValue, RequestAudit
 from .journald import JournalSink, JournalUnavailable
-from .sinks import FileSink
+from .sinks import FileSink, to_line
 from .state import ChainState, StateFile
 
 log = logging.getLogger(__name__)
+
+_JOURNAL_RECORDS = RECORDS.labels(sink="journal")
+_FILE_RECORDS = RECORDS.labels(sink="file")
 
 FALLBACK_FILE = "audit-fallback.jsonl"
 BATCH_MAX = 512
 CLOSE_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
-class _Event:
+class _Event(NamedTuple):
     event: EventType
     values: Mapping[str, FieldValue]
     when: float
@@ -203,52 +205,68 @@ class AuditLog:
             self._file.close()
 
     def _write(self, events: Sequence[_Event]) -> None:
-        seq, chain = self._state.seq, self._state.chain
+        # Each record is rendered to JSON once: that text is the chain's canonical form (every
+        # field build() returns is covered), the JSONL line (with SECURELLM_CHAIN appended) and
+        # the record's entry in the state file's pending batch.
+        key, seq, chain = self._key, self._state.seq, self._state.chain
+        build = record.build
         records: list[dict[str, str]] = []
+        lines: list[str] = []
         for e in events:
             seq += 1
-            fields = record.build(e.event, e.values, seq=seq, when=e.when, priority=e.priority)
-            chain = link(self._key, chain, fields)
+            fields = build(e.event, e.values, seq=seq, when=e.when, priority=e.priority)
+            text = canonical_text(fields)
+            chain = link_canonical(key, chain, text.encode("utf-8"))
             fields[CHAIN] = chain
             records.append(fields)
+            lines.append(f'{text[:-1]},"{CHAIN}":"{chain}"}}')
         self._state = replace(self._state, seq=seq, chain=chain, pending=tuple(records))
-        self._save(durable=True)
-        self._deliver(records)
+        self._save(durable=True, pending_json=f"[{','.join(lines)}]")
+        self._deliver(records, lines)
         self._state = replace(self._state, pending=())
         self._save(durable=False)
 
-    def _save(self, *, durable: bool) -> None:
+    def _save(self, *, durable: bool, pending_json: str | None = None) -> None:
         try:
-            self._state_file.save(self._state, durable=durable)
+            self._state_file.save(self._state, durable=durable, pending_json=pending_json)
         except OSError as exc:
             ERRORS.inc()
             log.error("cannot save the audit chain position to %s: %s", self._state_file.path, exc.strerror)
 
-    def _deliver(self, records: Sequence[Mapping[str, str]]) -> None:
-        missed: list[Mapping[str, str]] = []
+    def _deliver(self, records: Sequence[Mapping[str, str]], lines: Sequence[str] | None = None) -> None:
+        """Send ``records`` to journald, and to the file (all, or those journald did not take);
+        ``lines`` are their JSONL lines when already rendered."""
+        if lines is None:
+            lines = [to_line(fields)[:-1] for fields in records]
+        missed: list[int] = []
         journal_ok = True
-        for fields in records:
+        sent = 0
+        for i, fields in enumerate(records):
             if journal_ok:
                 try:
                     self._journal.write(fields)
-                    RECORDS.labels(sink="journal").inc()
-                    self._journal_changed(True, "")
+                    sent += 1
+                    if not self._journal_up:
+                        self._journal_changed(True, "")
                     continue
                 except JournalUnavailable as exc:
                     journal_ok = self._journal_changed(False, str(exc))
                 except OSError as exc:
                     ERRORS.inc()
                     log.error("journald did not take audit record seq %s: %s", fields.get(record.SEQ), exc)
-            missed.append(fields)
+            missed.append(i)
+        if sent:
+            _JOURNAL_RECORDS.inc(sent)
         if self._file is not None:
-            self._to_file(self._file, records, missed)
+            self._to_file(self._file, records, lines, [records[i] for i in missed])
         elif missed:
-            self._to_file(self._fallback, missed, missed)
+            self._to_file(self._fallback, [records[i] for i in missed], [lines[i] for i in missed],
+                          [records[i] for i in missed])
 
-    def _to_file(self, sink: FileSink, records: Sequence[Mapping[str, str]],
+    def _to_file(self, sink: FileSink, records: Sequence[Mapping[str, str]], lines: Sequence[str],
                  missed: Sequence[Mapping[str, str]]) -> None:
         try:
-            sink.write(records)
+            sink.write_lines(lines)
         except OSError as exc:
             ERRORS.inc(len(records))
             if missed:
@@ -257,7 +275,7 @@ class AuditLog:
             else:
                 log.error("cannot write audit records to %s: %s", sink.path, exc)
             return
-        RECORDS.labels(sink="file").inc(len(records))
+        _FILE_RECORDS.inc(len(records))
         FALLBACK.inc(len(missed))
 
     def _journal_changed(self, up: bool, reason: str) -> bool:
