@@ -283,8 +283,11 @@ class Pipeline:
         elapsed = time.monotonic() - ex.started
         metrics.count_request(ex.route, ex.status, ex.provider, ex.model)
         metrics.observe_latency(ex.route, elapsed)
+        audit = self.rt.audit
+        if not audit.enabled:
+            return
         p, usage = ex.principal, ex.usage
-        self.rt.audit.request(RequestAudit(
+        audit.request(RequestAudit(
             ex.request_id, ex.route, ex.status, round(elapsed * 1000, 3), p.key_id if p else None,
             p.owner if p else None, ex.client_subject, ex.provider if ex.outcome else None, ex.model,
             usage.prompt_tokens, usage.completion_tokens, ex.cost, bool(ex.outcome and ex.outcome.fallback),

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 _JOURNAL_RECORDS = RECORDS.labels(sink="journal")
 _FILE_RECORDS = RECORDS.labels(sink="file")
 
+_REQUEST = EVENTS["request"]
+
 FALLBACK_FILE = "audit-fallback.jsonl"
 BATCH_MAX = 512
 CLOSE_TIMEOUT_S = 10.0
@@ -82,8 +84,14 @@ class AuditLog:
     def request(self, rec: RequestAudit) -> None:
         """Record one inference request; prompt/response only when the config says so."""
         cfg = self._cfg
-        values = rec.values(with_prompt=cfg.log_requests, with_response=cfg.log_responses)
-        self._emit(EVENTS["request"], values, request_priority(rec.status))
+        if cfg.enabled:
+            values = rec.values(with_prompt=cfg.log_requests, with_response=cfg.log_responses)
+            self._q.put(_Event(_REQUEST, values, time.time(), request_priority(rec.status)))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether records are written now (``[security.audit] enabled``, live on reload)."""
+        return self._cfg.enabled
 
     def admin(self, kind: str, *, priority: int | None = None, **fields: FieldValue) -> None:
         """``key_created``, ``key_revoked``, ``model_load``, ``model_unload``, ``config_reload``,
