@@ -44,7 +44,9 @@ def available() -> str | None:
 
 
 class Container:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, binds: tuple[Path, ...] = ()) -> None:
+        #: Host directories shown read-only at the same path (nspawn puts a tmpfs on /tmp).
+        self.binds = binds
         self.name = f"sllm-{uuid.uuid4().hex[:8]}"
         self.base = workdir / "nspawn"
         self.layers = self.base / "layers"
@@ -95,7 +97,8 @@ class Container:
         with open(self.console_path, "wb") as console:
             self.proc = subprocess.Popen(
                 ["systemd-nspawn", "-D", str(self.root), f"--machine={self.name}", "--register=no",
-                 "--keep-unit", "--private-network", "--quiet", "-b", "--", *init_args],
+                 "--keep-unit", "--private-network", "--quiet", *(f"--bind-ro={d}" for d in self.binds),
+                 "-b", "--", *init_args],
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while self.leader is None:

@@ -39,6 +39,7 @@ After=basic.target
 AllowIsolate=yes
 """
 HOME_DIRS = (Path("/root"), Path("/home"))
+TMP_DIRS = (Path("/tmp"), Path("/var/tmp"))
 
 
 def _code_dirs() -> set[Path]:
@@ -51,6 +52,11 @@ def _code_dirs() -> set[Path]:
 
 def _under_home(path: Path) -> bool:
     return any(path.is_relative_to(home) for home in HOME_DIRS)
+
+
+def _under_tmp() -> tuple[Path, ...]:
+    """Code directories under /tmp: nspawn mounts a tmpfs there, so the container gets them bound."""
+    return tuple(sorted(d for d in _code_dirs() if any(d.is_relative_to(t) for t in TMP_DIRS)))
 
 
 def _credentials(config: str) -> list[str]:
@@ -71,12 +77,16 @@ def _drop_in(credentials: list[str]) -> str:
     if under_home:
         # ProtectHome=yes would hide this checkout's interpreter: show only those directories.
         lines += ["ProtectHome=tmpfs", "BindReadOnlyPaths=" + " ".join(str(d) for d in under_home)]
+    if _under_tmp():
+        # PrivateTmp=yes would hide a checkout that lies under /tmp, and systemd cannot bind a
+        # path into the private /tmp (no mount point there): only for such a checkout, share /tmp.
+        lines += ["PrivateTmp=no"]
     return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
 def container(tmp_path: Path) -> Iterator[Container]:
-    with Container(tmp_path) as c:
+    with Container(tmp_path, binds=_under_tmp()) as c:
         packaging = ROOT / "packaging"
         c.write(f"/etc/systemd/system/{UNIT}", (packaging / UNIT).read_text())
         config = (packaging / "config.example.toml").read_text()
