@@ -26,8 +26,7 @@ from securellm_bridge.errors import InvalidRequest
 from securellm_bridge.local.backends.children import ChildRecord, ChildRegistry
 from securellm_bridge.local.backends.llamacpp import LlamaCppBackend, LoadProgress, check_extra_args
 from securellm_bridge.local.backends.ports import free_port, require_loopback
-from securellm_bridge.local.backends.process import (ProcessEvent, RestartPolicy, StartupFailed,
-                                                     State)
+from securellm_bridge.local.backends.states import ProcessEvent, RestartPolicy, StartupFailed, State
 
 from .gguf_models import write_corrupt, write_tiny_llama
 from .journal import Journal, journald  # noqa: F401 (the fixture)

@@ -15,7 +15,7 @@ import pytest
 from securellm_bridge.errors import InvalidRequest, NotFound, Unavailable
 from securellm_bridge.local.backends.ollama import OllamaServer, parse_line
 from securellm_bridge.local.backends.ports import free_port
-from securellm_bridge.local.backends.process import State
+from securellm_bridge.local.backends.states import State
 
 from .fakes.ollama_bin import parse_host, write_manifest
 from .fakes.ollama_upstream import VERSION

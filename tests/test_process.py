@@ -21,9 +21,9 @@ import pytest
 from securellm_bridge.local.backends.children import (ChildRegistry, child_environment,
                                                       is_alive, kill_stale_children, start_time)
 from securellm_bridge.local.backends.output import clean
-from securellm_bridge.local.backends.process import (Launch, NotReady, ProcessEvent,
-                                                     RestartPolicy, StartupFailed, State,
-                                                     SupervisedProcess)
+from securellm_bridge.local.backends.process import SupervisedProcess
+from securellm_bridge.local.backends.states import (Launch, NotReady, ProcessEvent, RestartPolicy,
+                                                    StartupFailed, State)
 
 pytestmark = pytest.mark.anyio
 LOGGER = "securellm_bridge.test_process"
@@ -328,7 +328,8 @@ async def test_output_lines_are_bounded_and_cleaned(tmp_path: Path,
 HELPER = textwrap.dedent("""
     import asyncio, logging, sys, uvloop
     from securellm_bridge.local.backends.children import child_environment
-    from securellm_bridge.local.backends.process import Launch, SupervisedProcess
+    from securellm_bridge.local.backends.process import SupervisedProcess
+    from securellm_bridge.local.backends.states import Launch
 
     async def main():
         async def probe():

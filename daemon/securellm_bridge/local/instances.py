@@ -19,7 +19,7 @@ from ..providers.ollama import OllamaProvider
 from ..providers.openai import PATHS, OpenAIProvider
 from .backends.llamacpp import LlamaCppBackend
 from .backends.ollama import OllamaServer
-from .backends.process import ProcessEvent, State
+from .backends.states import ProcessEvent, State
 
 
 def _cfg(name: str, kind: str, url: str) -> ProviderConfig:

@@ -12,7 +12,7 @@ from ..errors import Unavailable
 from .backends.children import ChildRegistry
 from .backends.llamacpp import LlamaCppBackend
 from .backends.ollama import OllamaServer
-from .backends.process import State
+from .backends.states import State
 from .instances import LlamaInstance, OllamaInstance
 from .registry import ModelEntry
 

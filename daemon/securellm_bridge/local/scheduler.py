@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Protocol
 
 from ..errors import NotFound, Unavailable
-from .backends.process import StartupFailed
+from .backends.states import StartupFailed
 from .estimate import InsufficientMemory, auto_params, estimate
 from .events import Event, EventBus
 from .eviction import Resident, plan

@@ -9,8 +9,8 @@ ports; :mod:`.llamacpp` and :mod:`.ollama` are the two backends.
 from .children import ChildRegistry, kill_stale_children
 from .llamacpp import BufferSize, LlamaCppBackend, LoadLog, LoadProgress
 from .ollama import LoadedModel, OllamaModel, OllamaServer
-from .process import (ExitInfo, NotReady, ProcessEvent, RestartPolicy, StartupFailed, State,
-                      SupervisedProcess)
+from .process import SupervisedProcess
+from .states import ExitInfo, NotReady, ProcessEvent, RestartPolicy, StartupFailed, State
 
 __all__ = ["BufferSize", "ChildRegistry", "ExitInfo", "LlamaCppBackend", "LoadLog",
            "LoadProgress", "LoadedModel", "NotReady", "OllamaModel", "OllamaServer",

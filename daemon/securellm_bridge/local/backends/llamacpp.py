@@ -32,7 +32,8 @@ from securellm_bridge.errors import Conflict, InvalidRequest
 from .children import ChildRegistry, child_environment
 from .output import OutputLine
 from .ports import free_port, require_loopback, url_host
-from .process import Launch, NotReady, ProcessEvent, RestartPolicy, State, SupervisedProcess
+from .process import SupervisedProcess
+from .states import Launch, NotReady, ProcessEvent, RestartPolicy, State
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ from securellm_bridge.errors import (Conflict, InvalidRequest, NotFound, Unavail
 from .children import ChildRegistry, child_environment
 from .output import OutputLine
 from .ports import free_port, require_loopback, url_host
-from .process import Launch, ProcessEvent, RestartPolicy, State, SupervisedProcess
+from .process import SupervisedProcess
+from .states import Launch, ProcessEvent, RestartPolicy, State
 
 log = logging.getLogger(__name__)
 
