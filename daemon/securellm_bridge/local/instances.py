@@ -10,10 +10,9 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable
 
-import aiohttp
-
 from ..config.providers import ProviderConfig
 from ..providers.base import Call
+from ..providers.client import Response
 from ..providers.http import openai_error_to_openai, post
 from ..providers.ollama import OllamaProvider
 from ..providers.openai import PATHS, OpenAIProvider
@@ -40,15 +39,15 @@ class LlamaForwarder(OpenAIProvider):
     def request_headers(self) -> dict[str, str]:
         return {**self._headers, **self._backend.headers}
 
-    async def _post(self, call: Call, payload: bytes) -> aiohttp.ClientResponse:
-        assert self._session is not None
+    async def _post(self, call: Call, payload: bytes) -> Response:
+        assert self._client is not None
         headers = self.request_headers()
         if call.stream:
             # llama-server closes the connection after a streamed answer although it offered
             # keep-alive; a pooled connection could then fail the next request (a loopback
             # connect costs ~0.1 ms).
             headers["Connection"] = "close"
-        return await post(self._session, self.name, self.url_for(call.route), payload, headers,
+        return await post(self._client, self.name, self.url_for(call.route), payload, headers,
                           openai_error_to_openai)
 
 

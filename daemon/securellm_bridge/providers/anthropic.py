@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from typing import AsyncIterator
 
-import aiohttp
-
 from ..config.providers import ProviderConfig
 from ..errors import UpstreamError
 from .anthropic_translate import (AnthropicStreamTranslator, anthropic_error_to_openai, anthropic_to_chat,
                                   chat_to_anthropic)
 from .base import Call, Reply, UpstreamFailure
-from .http import TRANSPORT_ERRORS, json_object, make_session, malformed, post, read, transport_failure
+from .client import Response, UpstreamClient
+from .http import TRANSPORT_ERRORS, json_object, make_client, malformed, post, read, transport_failure
 from .openai_shapes import TokenUsage
 from .sse import SSE_DONE, SSEParser, encode_json_sse
 
@@ -25,7 +24,7 @@ class AnthropicProvider:
     def __init__(self, name: str, cfg: ProviderConfig) -> None:
         self.name = name
         self.cfg = cfg
-        self._session: aiohttp.ClientSession | None = None
+        self._client: UpstreamClient | None = None
         self._url = cfg.url + "/v1/messages"
         self._headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
         if cfg.api_key is not None:
@@ -35,17 +34,17 @@ class AnthropicProvider:
         return f"AnthropicProvider({self.name!r}, {self.cfg.url!r})"
 
     async def start(self) -> None:
-        self._session = make_session(self.cfg)
+        self._client = make_client(self.cfg)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
-    async def _post(self, call: Call, stream: bool) -> aiohttp.ClientResponse:
-        assert self._session is not None
+    async def _post(self, call: Call, stream: bool) -> Response:
+        assert self._client is not None
         body = chat_to_anthropic({**call.body, "model": call.model, "stream": stream},
                                  default_max_tokens=self.cfg.default_max_tokens)
-        return await post(self._session, self.name, self._url, json.dumps(body).encode(), self._headers,
+        return await post(self._client, self.name, self._url, json.dumps(body).encode(), self._headers,
                           anthropic_error_to_openai)
 
     async def complete(self, call: Call) -> Reply:
@@ -67,7 +66,7 @@ class AnthropicProvider:
 
 
 class AnthropicStream:
-    def __init__(self, provider: str, resp: aiohttp.ClientResponse, translator: AnthropicStreamTranslator) -> None:
+    def __init__(self, provider: str, resp: Response, translator: AnthropicStreamTranslator) -> None:
         self._provider = provider
         self._resp = resp
         self._tr = translator
@@ -76,7 +75,7 @@ class AnthropicStream:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         parser = SSEParser()
         try:
-            async for chunk in self._resp.content.iter_any():
+            async for chunk in self._resp.iter_any():
                 out = []
                 for event in parser.feed(chunk):
                     try:
@@ -98,5 +97,4 @@ class AnthropicStream:
         raise UpstreamFailure(f"{self._provider}: upstream stream ended before message_stop", retryable=True)
 
     async def aclose(self) -> None:
-        self._resp.release()
-        self._resp.close()
+        self._resp.release()  # reuses the connection only if the body was read to its end

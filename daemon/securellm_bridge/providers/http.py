@@ -1,7 +1,7 @@
-"""What every provider shares: one pooled client session, error mapping, Retry-After.
+"""What every provider shares: one pooled upstream client, error mapping, Retry-After.
 
-Each provider owns exactly one ``aiohttp.ClientSession`` (keep-alive pooling), created on
-start and closed on shutdown. The URL is always built from configuration, never from the
+Each provider owns exactly one :class:`~.client.UpstreamClient` (keep-alive pooling), created
+on start and closed on shutdown. The URL is always built from configuration, never from the
 client's request, so a client cannot make the gateway call an address of its choosing.
 """
 
@@ -11,22 +11,22 @@ import asyncio
 import email.utils
 import json
 import time
-from typing import Any, Callable
-
-import aiohttp
+from typing import Any, Callable, Mapping
 
 from ..config.providers import ProviderConfig
 from .base import UpstreamFailure
+from .client import Response, UpstreamClient
+from .wire import MalformedResponse, TransportError
 from .openai_shapes import TokenUsage, count, error_body
 
 ErrorMapper = Callable[[int, bytes], "tuple[int, dict[str, Any]]"]
 
 
-def make_session(cfg: ProviderConfig) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=cfg.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, cfg.timeout_s), sock_read=cfg.timeout_s)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False,
-                                 skip_auto_headers=("User-Agent",), auto_decompress=True)
+def make_client(cfg: ProviderConfig) -> UpstreamClient:
+    """The provider's pool: ``max_connections``, connect timeout ``min(10, timeout_s)``, read
+    timeout ``timeout_s`` between bytes (a long generation streams, so no total timeout)."""
+    return UpstreamClient(max_connections=cfg.max_connections, connect_timeout=min(10.0, cfg.timeout_s),
+                          read_timeout=cfg.timeout_s)
 
 
 def retry_after(headers: Any) -> float | None:
@@ -75,9 +75,11 @@ def failure_for_status(provider: str, status: int, body: bytes, headers: Any, ma
 
 
 def transport_failure(provider: str, exc: BaseException) -> UpstreamFailure:
-    """A connect error, reset or timeout: always retryable."""
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+    """A connect error, reset, malformed response or timeout: always retryable."""
+    if isinstance(exc, asyncio.TimeoutError):
         return UpstreamFailure(f"{provider}: upstream timed out", retryable=True, status=504)
+    if isinstance(exc, MalformedResponse):
+        return malformed(provider, str(exc))
     return UpstreamFailure(f"{provider}: upstream connection failed ({type(exc).__name__})", retryable=True)
 
 
@@ -94,14 +96,15 @@ def usage_from(obj: Any) -> TokenUsage:
     return TokenUsage(count(obj, "prompt_tokens"), count(obj, "completion_tokens"), cached)
 
 
-TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError)
+#: What the upstream client raises for a failed exchange (``TimeoutError`` is an ``OSError``).
+TRANSPORT_ERRORS = (TransportError, OSError)
 
 
-async def post(session: aiohttp.ClientSession, provider: str, url: str, data: bytes, headers: dict[str, str],
-               mapper: ErrorMapper) -> aiohttp.ClientResponse:
+async def post(client: UpstreamClient, provider: str, url: str, data: bytes, headers: Mapping[str, str],
+               mapper: ErrorMapper) -> Response:
     """POST; a transport error or a non-200 answer becomes an :class:`UpstreamFailure`."""
     try:
-        resp = await session.post(url, data=data, headers=headers)
+        resp = await client.post(url, data, headers)
     except TRANSPORT_ERRORS as exc:
         raise transport_failure(provider, exc) from None
     if resp.status != 200:
@@ -109,14 +112,12 @@ async def post(session: aiohttp.ClientSession, provider: str, url: str, data: by
     return resp
 
 
-async def read(resp: aiohttp.ClientResponse, provider: str) -> bytes:
-    """The whole body, then the connection goes back to the pool."""
+async def read(resp: Response, provider: str) -> bytes:
+    """The whole body; the connection goes back to the pool (or is closed if the body did not end)."""
     try:
         return await resp.read()
     except TRANSPORT_ERRORS as exc:
         raise transport_failure(provider, exc) from None
-    finally:
-        resp.release()
 
 
 def json_object(body: bytes, provider: str) -> dict[str, Any]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import AsyncIterator
 
-import aiohttp
-
 from ..config.providers import ProviderConfig
 from ..errors import UpstreamError
 from .base import Call, Reply, UpstreamFailure
-from .http import TRANSPORT_ERRORS, json_object, make_session, malformed, post, read, transport_failure
+from .client import Response, UpstreamClient
+from .http import TRANSPORT_ERRORS, json_object, make_client, malformed, post, read, transport_failure
 from .ollama_translate import (OllamaStreamTranslator, chat_to_ollama, embeddings_to_ollama, ollama_error_to_openai,
                                ollama_to_chat, ollama_to_embeddings)
 from .openai_shapes import TokenUsage
@@ -23,7 +22,7 @@ class OllamaProvider:
     def __init__(self, name: str, cfg: ProviderConfig) -> None:
         self.name = name
         self.cfg = cfg
-        self._session: aiohttp.ClientSession | None = None
+        self._client: UpstreamClient | None = None
         self._headers = {"Content-Type": "application/json"}
         if cfg.api_key is not None:  # Ollama behind an authenticating reverse proxy
             self._headers["Authorization"] = f"Bearer {cfg.api_key.reveal()}"
@@ -32,18 +31,18 @@ class OllamaProvider:
         return f"OllamaProvider({self.name!r}, {self.cfg.url!r})"
 
     async def start(self) -> None:
-        self._session = make_session(self.cfg)
+        self._client = make_client(self.cfg)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
-    async def _post(self, path: str, body: dict) -> aiohttp.ClientResponse:
-        assert self._session is not None
-        return await post(self._session, self.name, self.cfg.url + path, json.dumps(body).encode(), self._headers,
+    async def _post(self, path: str, body: dict) -> Response:
+        assert self._client is not None
+        return await post(self._client, self.name, self.cfg.url + path, json.dumps(body).encode(), self._headers,
                           ollama_error_to_openai)
 
-    async def _read_json(self, resp: aiohttp.ClientResponse) -> dict:
+    async def _read_json(self, resp: Response) -> dict:
         return json_object(await read(resp, self.name), self.name)
 
     async def complete(self, call: Call) -> Reply:
@@ -72,7 +71,7 @@ class OllamaProvider:
 
 
 class OllamaStream:
-    def __init__(self, provider: str, resp: aiohttp.ClientResponse, translator: OllamaStreamTranslator) -> None:
+    def __init__(self, provider: str, resp: Response, translator: OllamaStreamTranslator) -> None:
         self._provider = provider
         self._resp = resp
         self._tr = translator
@@ -81,7 +80,7 @@ class OllamaStream:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         parser = NDJSONParser()
         try:
-            async for chunk in self._resp.content.iter_any():
+            async for chunk in self._resp.iter_any():
                 try:
                     objs = parser.feed(chunk)
                     out = [encode_json_sse(c) for obj in objs for c in self._tr.feed(obj)]
@@ -99,5 +98,4 @@ class OllamaStream:
         raise UpstreamFailure(f"{self._provider}: upstream stream ended before done", retryable=True)
 
     async def aclose(self) -> None:
-        self._resp.release()
-        self._resp.close()
+        self._resp.release()  # reuses the connection only if the body was read to its end

@@ -11,11 +11,10 @@ import json
 import re
 from typing import AsyncIterator
 
-import aiohttp
-
 from ..config.providers import ProviderConfig
 from .base import Call, Reply, UpstreamFailure
-from .http import (TRANSPORT_ERRORS, json_object, make_session, malformed, openai_error_to_openai, post, read,
+from .client import Response, UpstreamClient
+from .http import (TRANSPORT_ERRORS, json_object, make_client, malformed, openai_error_to_openai, post, read,
                    transport_failure, usage_from)
 from .openai_shapes import TokenUsage
 from .sse import SSE_DONE, SSEParser
@@ -34,7 +33,7 @@ class OpenAIProvider:
     def __init__(self, name: str, cfg: ProviderConfig) -> None:
         self.name = name
         self.cfg = cfg
-        self._session: aiohttp.ClientSession | None = None
+        self._client: UpstreamClient | None = None
         self._urls = {route: cfg.url + path for route, path in PATHS.items()}
         self._headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         if cfg.api_key is not None:
@@ -44,11 +43,11 @@ class OpenAIProvider:
         return f"OpenAIProvider({self.name!r}, {self.cfg.url!r})"
 
     async def start(self) -> None:
-        self._session = make_session(self.cfg)
+        self._client = make_client(self.cfg)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     def url_for(self, route: str) -> str:
         return self._urls[route]
@@ -65,9 +64,9 @@ class OpenAIProvider:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
-    async def _post(self, call: Call, payload: bytes) -> aiohttp.ClientResponse:
-        assert self._session is not None
-        return await post(self._session, self.name, self.url_for(call.route), payload, self.request_headers(),
+    async def _post(self, call: Call, payload: bytes) -> Response:
+        assert self._client is not None
+        return await post(self._client, self.name, self.url_for(call.route), payload, self.request_headers(),
                           openai_error_to_openai)
 
     async def complete(self, call: Call) -> Reply:
@@ -82,7 +81,7 @@ class OpenAIProvider:
 class OpenAIStream:
     """Re-frames the upstream's SSE events; drops the usage-only chunk the client did not ask for."""
 
-    def __init__(self, provider: str, resp: aiohttp.ClientResponse, client_wants_usage: bool) -> None:
+    def __init__(self, provider: str, resp: Response, client_wants_usage: bool) -> None:
         self._provider = provider
         self._resp = resp
         self._wants_usage = client_wants_usage
@@ -92,7 +91,7 @@ class OpenAIStream:
         parser = SSEParser()
         done = False
         try:
-            async for chunk in self._resp.content.iter_any():
+            async for chunk in self._resp.iter_any():
                 out = []
                 for event in parser.feed(chunk):
                     if event.data == "[DONE]":
@@ -117,5 +116,4 @@ class OpenAIStream:
             raise UpstreamFailure(f"{self._provider}: upstream stream ended early", retryable=True)
 
     async def aclose(self) -> None:
-        self._resp.release()
-        self._resp.close()
+        self._resp.release()  # reuses the connection only if the body was read to its end
