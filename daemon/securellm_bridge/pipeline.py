@@ -74,7 +74,7 @@ class Pipeline:
         self.rt = runtime
         self.in_flight = 0
 
-    async def handle(self, request: web.Request, route: Route) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest, route: Route) -> web.StreamResponse:
         ex = Exchange(os.urandom(12).hex(), route, time.monotonic())
         cfg = self.rt.config
         if self.in_flight >= cfg.limits.max_concurrent_requests or self.rt.draining:
@@ -102,7 +102,7 @@ class Pipeline:
             self.in_flight -= 1
             metrics.IN_FLIGHT.dec()
 
-    async def _serve(self, request: web.Request, ex: Exchange, cfg: Config) -> web.StreamResponse:
+    async def _serve(self, request: web.BaseRequest, ex: Exchange, cfg: Config) -> web.StreamResponse:
         raw = await _read_body(request, cfg.limits.max_body_bytes)
         body = validate.parse(raw)
         validate.check(ex.route, body)
@@ -156,7 +156,7 @@ class Pipeline:
             reservation.settle(0)
             raise
 
-    async def _stream(self, request: web.Request, ex: Exchange, router: Router, candidates: list[Candidate],
+    async def _stream(self, request: web.BaseRequest, ex: Exchange, router: Router, candidates: list[Candidate],
                       attempt_call: Any, est: int, reservation: Any) -> web.StreamResponse:
         async def open_and_peek(c: Candidate) -> tuple[UpstreamStream, Any, bytes]:
             # Retry and fallback stay possible until the first byte: peek it before answering.
@@ -226,7 +226,7 @@ class Pipeline:
                     raise injection.blocked_error(screened)
         return modified
 
-    def _strategy(self, request: web.Request, cfg: Config, principal: Principal) -> Any:
+    def _strategy(self, request: web.BaseRequest, cfg: Config, principal: Principal) -> Any:
         """The header's choice (among the allowed ones), else the key's, else the default."""
         wanted = request.headers.get(STRATEGY_HEADER)
         if wanted is None:
@@ -256,7 +256,7 @@ class Pipeline:
             metrics.FALLBACKS.labels(ex.route).inc()
         metrics.observe_upstream(ex.provider, outcome.upstream_seconds)
 
-    def _on_rejected(self, ex: Exchange, exc: BridgeError, request: web.Request) -> None:
+    def _on_rejected(self, ex: Exchange, exc: BridgeError, request: web.BaseRequest) -> None:
         """Count and audit the rejections that matter for security."""
         audit = self.rt.audit
         if isinstance(exc, AuthenticationFailed):
@@ -294,7 +294,7 @@ class Pipeline:
             False, ex.redactions, ex.error_code, ex.prompt, ex.response, ex.redacted_types))
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
     try:
@@ -304,7 +304,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise InvalidRequest("the request body ended early") from None
 
 
-async def _read_chunked(request: web.Request, limit: int) -> bytes:
+async def _read_chunked(request: web.BaseRequest, limit: int) -> bytes:
     parts, size = [], 0
     async for chunk in request.content.iter_any():
         size += len(chunk)

@@ -307,7 +307,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> Results:
 
 async def profile(stack: Stack, args: argparse.Namespace, res: Results) -> None:
     """py-spy (Python frames) and, when ``perf`` exists, a CPU-cycle split by binary, of the
-    bare proxy and the bridge under saturated load."""
+    bare proxy, the bridge and each variant under saturated load."""
     from . import profile_summary
 
     out = Path(args.profile)
@@ -317,7 +317,7 @@ async def profile(stack: Stack, args: argparse.Namespace, res: Results) -> None:
     perf = shutil.which("perf")
     if not Path(pyspy).exists():
         _progress("--profile: py-spy not found (pip install py-spy into the venv); Python frames skipped")
-    for who in ("bare", "bridge"):
+    for who in ("bare", *stack.bridges):  # the bare proxy, the bridge and every variant
         for stream in (False, True):
             kind = f"{who}-{'stream' if stream else 'plain'}"
             tools = []
@@ -490,7 +490,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(e.g. a patched copy of daemon/) or a config override dotted.key=TOML-value, e.g. "
                         "'noaudit=security.audit.enabled=false'. Repeatable; 'same=daemon' measures the noise "
                         "between two identical bridges")
-    p.add_argument("--profile", metavar="DIR", help="also profile the bare proxy and the bridge (py-spy, perf)")
+    p.add_argument("--profile", metavar="DIR", help="also profile the bare proxy, the bridge and the variants (py-spy, perf)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     if args.quick:

@@ -30,7 +30,7 @@ class Principal:
         return self.key.owner if self.key else None
 
 
-def client_subject(request: web.Request) -> str | None:
+def client_subject(request: web.BaseRequest) -> str | None:
     """The verified client certificate's subject, computed once per TLS connection."""
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
@@ -43,7 +43,7 @@ def client_subject(request: web.Request) -> str | None:
         return subject
 
 
-def presented_key(request: web.Request) -> str | None:
+def presented_key(request: web.BaseRequest) -> str | None:
     auth = request.headers.get("Authorization")
     if auth:
         scheme, _, token = auth.partition(" ")
@@ -53,7 +53,7 @@ def presented_key(request: web.Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def authenticate(request: web.Request, keys: KeyService, require_key: bool) -> Principal:
+def authenticate(request: web.BaseRequest, keys: KeyService, require_key: bool) -> Principal:
     token = presented_key(request)
     if token is None:
         if require_key:

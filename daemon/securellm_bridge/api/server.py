@@ -15,6 +15,7 @@ from aiohttp import web, web_protocol
 from ..config.schema import Config
 from ..errors import StateError
 from ..security.tls import ContextHolder, build_server_context
+from .routes import build_handler
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -33,9 +34,10 @@ class HttpServer:
         self.rt = rt
         cfg = rt.config
         self.tls: ContextHolder | None = ContextHolder(tls_context(cfg)) if cfg.security.tls.enabled else None
-        self._runner = _Runner(build_app_for(rt), handler_cancellation=True, access_log=None,
-                                     max_line_size=cfg.limits.max_header_bytes,
-                                     max_field_size=cfg.limits.max_header_bytes)
+        server = _JsonErrorServer(build_handler(rt), handler_cancellation=True, access_log=None,
+                                  max_line_size=cfg.limits.max_header_bytes,
+                                  max_field_size=cfg.limits.max_header_bytes)
+        self._runner = web.ServerRunner(server)
         self._site: web.TCPSite | None = None
         self.address = ""
 
@@ -100,19 +102,7 @@ class _JsonErrorHandler(web_protocol.RequestHandler):
 
 
 class _JsonErrorServer(web.Server):
+    """aiohttp has no option for the protocol class; the server only differs in ``__call__``."""
+
     def __call__(self) -> web_protocol.RequestHandler:
         return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
-
-
-class _Runner(web.AppRunner):
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        # aiohttp has no option for the protocol class; the server only differs in __call__.
-        server.__class__ = _JsonErrorServer
-        return server
-
-
-def build_app_for(rt: "Runtime") -> web.Application:
-    from .routes import build_app
-
-    return build_app(rt, rt.config.limits.max_body_bytes)
