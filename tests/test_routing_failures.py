@@ -170,6 +170,27 @@ def test_request_timeout_504(make_daemon: Callable[..., Any]) -> None:
         up.stop()
 
 
+def test_request_timeout_mid_stream_ends_stream_with_timeout_event(make_daemon: Callable[..., Any]) -> None:
+    """The request timeout fires after the first bytes went out: the stream ends with an
+    error event (no second response, no retry) and the daemon keeps serving."""
+    up = FakeUpstream("openai")
+    try:
+        b = start_bridge(make_daemon, upstreams={"p": up},
+                         providers={"p": {"kind": "openai", "base_url": up.url + "/v1", "models": ["gpt-4o-mini"]}},
+                         extra={"limits": {"request_timeout_seconds": 1.0}})
+        up.script("stall_after:2")
+        with b.http() as c, c.stream("POST", "/v1/chat/completions", json=chat("gpt-4o-mini", "hi", stream=True),
+                                     headers={"Authorization": f"Bearer {b.key}"}) as r:
+            assert r.status_code == 200
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert len(events) >= 2
+        last = json.loads(events[-1][6:])
+        assert last["error"]["type"] == "timeout_error"
+        assert b.post("/v1/chat/completions", chat("gpt-4o-mini")).status_code == 200
+    finally:
+        up.stop()
+
+
 class _SilentUpstream:
     """Accepts one HTTP request and never answers; records when the gateway hangs up."""
 

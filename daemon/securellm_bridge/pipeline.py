@@ -64,6 +64,7 @@ class Exchange:
     client_subject: str | None = None
     prompt: str | None = None
     response: str | None = None
+    timed_out: bool = False
 
     def headers(self) -> dict[str, str]:
         return {"x-request-id": self.request_id, "x-securellm-provider": self.provider}
@@ -73,6 +74,7 @@ class Pipeline:
     def __init__(self, runtime: "Runtime") -> None:
         self.rt = runtime
         self.in_flight = 0
+        metrics.in_flight_from(lambda: self.in_flight)
 
     async def handle(self, request: web.BaseRequest, route: Route) -> web.StreamResponse:
         ex = Exchange(os.urandom(12).hex(), route, time.monotonic())
@@ -81,17 +83,20 @@ class Pipeline:
             return self._finish(ex, error_response(Unavailable("the gateway is at capacity; retry shortly",
                                                                retry_after=1), ex.headers()))
         self.in_flight += 1
-        metrics.IN_FLIGHT.inc()
+        # The request timeout: what asyncio.timeout() does (cancel the task, then tell that
+        # cancellation from the client's by the task's cancel count), at half its cost.
+        task = asyncio.current_task()
+        assert task is not None
+        timer = asyncio.get_running_loop().call_later(cfg.limits.request_timeout_seconds, _expire, ex, task)
         try:
-            async with asyncio.timeout(cfg.limits.request_timeout_seconds):
-                return await self._serve(request, ex, cfg)
-        except TimeoutError:
-            return self._finish(ex, error_response(UpstreamTimeout("the request timed out"), ex.headers()))
+            return await self._serve(request, ex, cfg)
         except BridgeError as exc:
             ex.error_code = exc.code
             self._on_rejected(ex, exc, request)
             return self._finish(ex, error_response(exc, ex.headers()))
         except asyncio.CancelledError:
+            if ex.timed_out and task.uncancel() == 0:
+                return self._finish(ex, error_response(UpstreamTimeout("the request timed out"), ex.headers()))
             ex.status = 499  # the client went away; the upstream call was cancelled with us
             self._account(ex)
             raise
@@ -99,8 +104,8 @@ class Pipeline:
             log.exception("request %s failed", ex.request_id)
             return self._finish(ex, internal_error(ex.headers()))
         finally:
+            timer.cancel()
             self.in_flight -= 1
-            metrics.IN_FLIGHT.dec()
 
     async def _serve(self, request: web.BaseRequest, ex: Exchange, cfg: Config) -> web.StreamResponse:
         raw = await _read_body(request, cfg.limits.max_body_bytes)
@@ -182,7 +187,12 @@ class Pipeline:
             await resp.write(first)
             async for chunk in it:
                 await resp.write(chunk)
-        except (BridgeError, asyncio.TimeoutError) as exc:
+        except (BridgeError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):  # the request timeout, or the client left
+                task = asyncio.current_task()
+                timed_out, ex.timed_out = ex.timed_out, False
+                if not timed_out or task is None or task.uncancel():
+                    raise
             # Bytes already reached the client: never retry; end the stream with an error event.
             failure = exc if isinstance(exc, BridgeError) else UpstreamTimeout("the request timed out")
             ex.status, body = status_and_body(failure)
@@ -292,6 +302,11 @@ class Pipeline:
             p.owner if p else None, ex.client_subject, ex.provider if ex.outcome else None, ex.model,
             usage.prompt_tokens, usage.completion_tokens, ex.cost, bool(ex.outcome and ex.outcome.fallback),
             False, ex.redactions, ex.error_code, ex.prompt, ex.response, ex.redacted_types))
+
+
+def _expire(ex: Exchange, task: "asyncio.Task[Any]") -> None:
+    ex.timed_out = True
+    task.cancel()
 
 
 async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
