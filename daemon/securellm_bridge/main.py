@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -60,6 +61,7 @@ async def serve(loaded: config.LoadedConfig) -> int:
     interval = watchdog_interval()
     if interval is not None:
         watchdog = asyncio.create_task(run_watchdog(notifier, interval), name="watchdog")
+    _tune_gc()
     notifier.ready(runtime.status_line())
     log.info("securellm-bridged %s ready (pid %d)", __version__, os.getpid())
     await stop.wait()
@@ -81,6 +83,22 @@ async def _on_sighup(runtime: Runtime) -> None:
     except Exception:
         log.exception("reload failed; keeping the previous configuration")
     runtime.notifier.ready(runtime.status_line())
+
+
+#: Allocations between young-generation collections (CPython's default is 700).
+GC_THRESHOLD0 = 5000
+
+
+def _tune_gc() -> None:
+    """Once started: the modules, config and runtime objects made so far live as long as the
+    process, so move them out of the collector's sight (``gc.freeze``), and collect the young
+    generation less often. A request's objects are freed by reference counting as it ends; the
+    collector only looks for cycles, and under load it was 6–7 % of the CPU cycles
+    (docs/PERFORMANCE.md)."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD0, gen1, gen2)
 
 
 def _hang_event_loop() -> None:

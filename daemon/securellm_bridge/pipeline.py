@@ -29,6 +29,7 @@ from .errors import (AuthenticationFailed, BridgeError, InvalidRequest, PayloadT
                      UpstreamTimeout)
 from .providers.base import Call, Route, UpstreamFailure, UpstreamStream
 from .providers.openai_shapes import TokenUsage
+from .providers.sse import SSE_DONE
 from .router.pricing import cost
 from .router.router import Candidate, Outcome, Router
 from .security import dlp, injection
@@ -182,11 +183,24 @@ class Pipeline:
         ex.provider = ex.outcome.candidate.provider.name
         resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **ex.headers()})
         ex.status = 200
+        ended = False
         try:
+            # The chunk that ends in ``data: [DONE]`` goes out with the chunked-encoding
+            # terminator (and, when it is the first, with the headers) in one TLS write.
             await resp.prepare(request)
-            await resp.write(first)
+            if first.endswith(SSE_DONE):
+                ended = True
+                await resp.write_eof(first)
+            else:
+                await resp.write(first)
             async for chunk in it:
-                await resp.write(chunk)
+                if ended:
+                    continue  # nothing is meaningful after [DONE]; read on so the connection is reused
+                if chunk.endswith(SSE_DONE):
+                    ended = True
+                    await resp.write_eof(chunk)
+                else:
+                    await resp.write(chunk)
         except (BridgeError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError):  # the request timeout, or the client left
                 task = asyncio.current_task()
@@ -198,7 +212,8 @@ class Pipeline:
             ex.status, body = status_and_body(failure)
             ex.error_code = failure.code
             log.warning("stream %s failed after the first byte: %s", ex.request_id, failure.message)
-            await resp.write(b"data: " + body + b"\n\n")
+            if not ended:
+                await resp.write(b"data: " + body + b"\n\n")
         finally:
             await upstream.aclose()
             self._settle(ex, upstream.usage, reservation)
