@@ -16,7 +16,6 @@ import grpc
 
 from .._pb import security_pb2, security_pb2_grpc
 from ..errors import InvalidRequest
-from ..security import posture
 from ..security.posture_base import Finding, Severity
 
 if TYPE_CHECKING:
@@ -39,6 +38,10 @@ class SecurityServicer(security_pb2_grpc.SecurityServicer):
 
     async def RunAudit(self, request: security_pb2.RunAuditRequest,
                        context: grpc.aio.ServicerContext) -> security_pb2.AuditReport:
+        # Imported on the first audit: the certificate checks load ``cryptography`` (~8 MB of
+        # RSS), which the daemon otherwise never needs unless a CRL is configured.
+        from ..security import posture
+
         loop = asyncio.get_running_loop()
         if request.HasField("config_path"):
             path = request.config_path

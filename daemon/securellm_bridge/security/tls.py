@@ -23,15 +23,19 @@ certificate, key and trust store come from the swapped-in context.
 
 from __future__ import annotations
 
+import binascii
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from securellm_bridge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 StrPath = str | os.PathLike[str]
 
@@ -87,7 +91,7 @@ def build_server_context(
                               "a CRL needs a client CA bundle to check client certificates against")
         return ctx
     ca_file = os.fspath(client_ca_path)
-    cas = _load_cas(ca_file, keys.client_ca_path)
+    _check_pem_certs(ca_file, keys.client_ca_path, "a PEM CA bundle holding at least one certificate")
     try:
         ctx.load_verify_locations(cafile=ca_file)
     except ssl.SSLError as exc:
@@ -96,7 +100,7 @@ def build_server_context(
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     if crl_path is not None:
         crl_file = os.fspath(crl_path)
-        _check_crl(crl_file, cas, keys.crl_path)
+        _check_crl(crl_file, ca_file, keys.client_ca_path, keys.crl_path)
         try:
             ctx.load_verify_locations(cafile=crl_file)
         except ssl.SSLError as exc:
@@ -190,11 +194,28 @@ def _read(path: str, key: str, what: str) -> bytes:
         raise ConfigError(path, key, f"{what} readable by the daemon ({exc.strerror})") from None
 
 
-def _load_identity(ctx: ssl.SSLContext, cert_path: str, key_path: str, keys: TlsConfigKeys) -> None:
+#: One PEM certificate block; its base64 body is group 1.
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.S)
+
+
+def _check_pem_certs(path: str, key: str, what: str) -> None:
+    """The file holds at least one well-formed PEM certificate block (OpenSSL parses the DER).
+
+    Deliberately without ``cryptography``: importing it costs the daemon ~8 MB of RSS for
+    good, and only a CRL needs it (:func:`_check_crl`)."""
+    data = _read(path, key, what)
+    blocks = _PEM_CERT.findall(data)
     try:
-        x509.load_pem_x509_certificates(_read(cert_path, keys.cert_path, "a PEM certificate chain"))
-    except ValueError:
-        raise ConfigError(cert_path, keys.cert_path, "a PEM certificate chain") from None
+        if not blocks or not all(binascii.a2b_base64(b) for b in blocks):
+            raise ValueError
+        # OpenSSL parses every block (a scratch trust store accepts any certificate).
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
+    except (binascii.Error, ValueError, ssl.SSLError):
+        raise ConfigError(path, key, what) from None
+
+
+def _load_identity(ctx: ssl.SSLContext, cert_path: str, key_path: str, keys: TlsConfigKeys) -> None:
+    _check_pem_certs(cert_path, keys.cert_path, "a PEM certificate chain")
     _read(key_path, keys.key_path, "a PEM private key")
 
     def refuse_password() -> bytes:
@@ -209,14 +230,7 @@ def _load_identity(ctx: ssl.SSLContext, cert_path: str, key_path: str, keys: Tls
         ) from None
 
 
-def _load_cas(path: str, key: str) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(_read(path, key, "a PEM CA bundle"))
-    except ValueError:
-        raise ConfigError(path, key, "a PEM CA bundle holding at least one certificate") from None
-
-
-def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+def _signed_by(crl: "x509.CertificateRevocationList", ca: "x509.Certificate") -> bool:
     if crl.issuer != ca.subject:
         return False
     try:
@@ -225,7 +239,13 @@ def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> boo
         return False
 
 
-def _check_crl(path: str, cas: list[x509.Certificate], key: str) -> None:
+def _check_crl(path: str, ca_file: str, ca_key: str, key: str) -> None:
+    from cryptography import x509  # only sites with a CRL pay for it (see _check_pem_certs)
+
+    try:
+        cas = x509.load_pem_x509_certificates(_read(ca_file, ca_key, "a PEM CA bundle"))
+    except ValueError:
+        raise ConfigError(ca_file, ca_key, "a PEM CA bundle holding at least one certificate") from None
     try:
         crl = x509.load_pem_x509_crl(_read(path, key, "a PEM certificate revocation list"))
     except ValueError:
