@@ -301,6 +301,43 @@ async def test_cancelled_waiter_frees_its_place() -> None:
         await c.close()
 
 
+async def test_waiter_woken_and_cancelled_at_once_passes_the_wakeup_on() -> None:
+    async with serve_replies(*(ok(b"%d" % i) for i in range(3))) as server:
+        c = client(max_connections=1)
+        url = f"http://127.0.0.1:{server.port}/"
+        resp = await c.post(url, b"", {})  # holds the only slot
+        second = asyncio.create_task(get(c, server))
+        third = asyncio.create_task(get(c, server))
+        await asyncio.sleep(0.02)
+        assert await resp.read() == b"0"  # releases: wakes `second`...
+        second.cancel()  # ...which is cancelled before it runs: `third` must get the connection
+        assert await asyncio.wait_for(third, 2) == (200, b"1")
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        await c.close()
+
+
+async def test_release_before_the_body_ended_closes_the_connection() -> None:
+    async def handler(conn_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(conn_id, reader):
+            if conn_id == 0:  # the head, then the body late: it would be read as the next answer
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+                await asyncio.sleep(0.01)
+                writer.write(ok(b"stale"))
+            else:
+                writer.write(ok(b"next"))
+
+    async with serving(handler) as server:
+        c = client()
+        resp = await c.post(f"http://127.0.0.1:{server.port}/", b"", {})
+        resp.release()  # as a stream's aclose() does when its reader stopped early
+        assert (c.open_connections, c.idle_connections) == (0, 0)
+        await asyncio.sleep(0.02)
+        assert await get(c, server) == (200, b"next")  # not bytes left over on a reused socket
+        assert server.connections == 2
+        await c.close()
+
+
 @pytest.mark.parametrize("where", ["head", "body"])
 async def test_cancellation_mid_response_closes_the_connection(where: str) -> None:
     async def handler(conn_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -23,12 +23,11 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-import zlib
 from collections import deque
 from typing import AsyncIterator, Mapping
 from urllib.parse import quote, urlsplit
 
-from .wire import Connection, Headers, MalformedResponse, TransportError
+from .wire import BodyDecoder, Connection, Headers, TransportError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -76,37 +75,6 @@ class _Target:
         self.head = "\r\n".join(lines).encode("latin-1")
 
 
-class _Decoder:
-    """Undoes ``Content-Encoding: gzip``/``deflate`` from an upstream that compresses anyway."""
-
-    __slots__ = ("_z", "_deflate")
-
-    def __init__(self, encoding: str) -> None:
-        enc = encoding.strip().lower()
-        if enc not in ("gzip", "x-gzip", "deflate"):
-            raise MalformedResponse("an unsupported Content-Encoding")
-        self._deflate = enc == "deflate"
-        self._z: zlib._Decompress | None = None if self._deflate else zlib.decompressobj(16 + zlib.MAX_WBITS)
-
-    def decompress(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        if self._z is None:  # "deflate" is zlib-wrapped by the RFC, raw by some servers
-            zlib_header = (data[0] & 0x0F) == 8 and (len(data) < 2 or ((data[0] << 8) | data[1]) % 31 == 0)
-            self._z = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
-        try:
-            return self._z.decompress(data)
-        except zlib.error:
-            raise MalformedResponse("a body that does not decompress") from None
-
-    def flush(self) -> bytes:
-        if self._z is None:
-            return b""
-        if not self._z.eof:
-            raise MalformedResponse("a truncated compressed body")
-        return self._z.flush()
-
-
 class Response:
     """An upstream response whose head has arrived; the body is read with :meth:`read` or
     :meth:`iter_any`. Call :meth:`release` (or :meth:`close`) when done with it."""
@@ -119,7 +87,7 @@ class Response:
         self._client = client
         self._conn: Connection | None = conn
         enc = dict.get(conn.headers, "content-encoding")
-        self._decoder = _Decoder(enc) if enc and enc.strip().lower() != "identity" else None
+        self._decoder: BodyDecoder | None = BodyDecoder(enc) if enc and enc.strip().lower() != "identity" else None
 
     def __repr__(self) -> str:
         return f"Response(status={self.status})"

@@ -15,6 +15,7 @@ reused. Error messages never contain header values (upstream headers may echo AP
 from __future__ import annotations
 
 import asyncio
+import zlib
 from typing import Callable
 
 #: Most bytes of a response head (status line + headers), and of a chunked body's trailers.
@@ -54,6 +55,37 @@ class Headers(dict[str, str]):
 
     def __repr__(self) -> str:  # names only: values may carry credentials echoed by an upstream
         return f"Headers({sorted(self)!r})"
+
+
+class BodyDecoder:
+    """Undoes ``Content-Encoding: gzip``/``deflate`` from an upstream that compresses anyway."""
+
+    __slots__ = ("_z", "_deflate")
+
+    def __init__(self, encoding: str) -> None:
+        enc = encoding.strip().lower()
+        if enc not in ("gzip", "x-gzip", "deflate"):
+            raise MalformedResponse("an unsupported Content-Encoding")
+        self._deflate = enc == "deflate"
+        self._z: zlib._Decompress | None = None if self._deflate else zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def decompress(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        if self._z is None:  # "deflate" is zlib-wrapped by the RFC, raw by some servers
+            zlib_header = (data[0] & 0x0F) == 8 and (len(data) < 2 or ((data[0] << 8) | data[1]) % 31 == 0)
+            self._z = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+        try:
+            return self._z.decompress(data)
+        except zlib.error:
+            raise MalformedResponse("a body that does not decompress") from None
+
+    def flush(self) -> bytes:
+        if self._z is None:
+            return b""
+        if not self._z.eof:
+            raise MalformedResponse("a truncated compressed body")
+        return self._z.flush()
 
 
 class Connection(asyncio.Protocol):
