@@ -195,6 +195,22 @@ async def test_compressed_body_is_decoded(encoding: str) -> None:
         await c.close()
 
 
+async def test_large_bodies_past_the_backpressure_mark() -> None:
+    big = bytes(range(256)) * (12 * 1024)  # 3 MiB: reading pauses at 1 MiB buffered until taken
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(big), big)
+    async with serve_replies(ok(big), chunked, ok(big)) as server:
+        c = client()
+        assert await get(c, server) == (200, big)
+        assert await get(c, server) == (200, big)
+        resp = await c.post(f"http://127.0.0.1:{server.port}/", b"", {})
+        got = bytearray()
+        async for chunk in resp.iter_any():
+            got += chunk
+            await asyncio.sleep(0)
+        assert got == big and server.connections == 1
+        await c.close()
+
+
 async def test_interim_1xx_skipped_and_empty_bodies() -> None:
     async with serve_replies(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n" + ok(b"ok"),
                              b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",

@@ -97,10 +97,16 @@ class Response:
         conn = self._conn
         if conn is None:
             raise TransportError("the response was already released")
+        parts: list[bytes] = []
         try:
             while not conn.complete:
+                if conn.chunks:  # take them as they come: over PAUSE_AT buffered, reading stops
+                    parts.append(conn.take())
                 await conn.wait()
             body = conn.take()
+            if parts:
+                parts.append(body)
+                body = b"".join(parts)
             if self._decoder is not None:
                 body = self._decoder.decompress(body) + self._decoder.flush()
         except BaseException:
