@@ -80,31 +80,28 @@ async def serving(handler: Handler, ssl_ctx: ssl.SSLContext | None = None,
         srv.close()
 
 
-def replying(*parts_per_request: bytes | list[bytes], close_after: bool = False, pause: float = 0.002) -> Handler:
-    """Serve requests on a connection in turn; a list answer is written piece by piece."""
+@asynccontextmanager
+async def serve_replies(*answers: bytes | list[bytes], close_after: bool = False,
+                        ssl_ctx: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> AsyncIterator[Server]:
+    """Each connection answers requests with ``answers`` in turn (a list is written piece by
+    piece, a few ms apart, so the client reads it in parts), then idles until the client closes."""
+    holder: list[Server] = []
+
     async def handler(conn_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for answer in parts_per_request:
-            if not await Server.read_request(server_of[0], conn_id, reader):
+        for answer in answers:
+            if not await holder[0].read_request(conn_id, reader):
                 return
             for piece in (answer if isinstance(answer, list) else [answer]):
                 writer.write(piece)
                 await writer.drain()
                 if isinstance(answer, list):
-                    await asyncio.sleep(pause)
+                    await asyncio.sleep(0.002)
             if close_after:
                 return
-        await reader.read()  # hold the connection open until the client closes it
-    server_of: list[Server] = []
-    handler.bind = server_of  # type: ignore[attr-defined]
-    return handler
+        await reader.read()
 
-
-@asynccontextmanager
-async def serve_replies(*answers: bytes | list[bytes], close_after: bool = False,
-                        ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
-    handler = replying(*answers, close_after=close_after)
-    async with serving(handler, ssl_ctx) as server:
-        handler.bind.append(server)  # type: ignore[attr-defined]
+    async with serving(handler, ssl_ctx, host) as server:
+        holder.append(server)
         yield server
 
 
@@ -114,7 +111,8 @@ def ok(body: bytes, *extra: bytes) -> bytes:
 
 
 def client(**kwargs: object) -> UpstreamClient:
-    return UpstreamClient(**{"max_connections": 4, "connect_timeout": 2.0, "read_timeout": 2.0, **kwargs})  # type: ignore[arg-type]
+    options: dict = {"max_connections": 4, "connect_timeout": 2.0, "read_timeout": 2.0, **kwargs}
+    return UpstreamClient(**options)
 
 
 async def get(c: UpstreamClient, server: Server, body: bytes = b"{}", scheme: str = "http",
@@ -525,13 +523,11 @@ async def test_tls_hostname_mismatch_fails(tls: tuple[ssl.SSLContext, ssl.SSLCon
 
 
 async def test_ipv6_literal() -> None:
-    handler = replying(ok(b"six"))
     try:
-        cm = serving(handler, host="::1")
+        cm = serve_replies(ok(b"six"), host="::1")
         server = await cm.__aenter__()
     except OSError:
         pytest.skip("no IPv6 loopback")
-    handler.bind.append(server)  # type: ignore[attr-defined]
     try:
         c = client()
         resp = await c.post(f"http://[::1]:{server.port}/v1", b"", {})
