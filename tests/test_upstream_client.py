@@ -243,6 +243,18 @@ async def test_idle_connection_closed_by_server_is_not_reused() -> None:
         await c.close()
 
 
+async def test_keep_alive_timeout_from_the_server_is_honoured() -> None:
+    async with serve_replies(ok(b"a", b"Keep-Alive: timeout=1, max=100"), ok(b"b", b"Keep-Alive: timeout=60"),
+                             ok(b"c")) as server:
+        c = client()
+        assert await get(c, server) == (200, b"a")  # reusable for 1 s - 1 s of margin: not at all
+        assert await get(c, server) == (200, b"a")
+        assert await get(c, server) == (200, b"b")
+        assert await get(c, server) == (200, b"c")
+        assert server.connections == 2
+        await c.close()
+
+
 async def test_close_crossing_the_request_is_retried_on_a_new_connection() -> None:
     """The server drops a reused connection on reading the next request, answering nothing."""
     async def handler(conn_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

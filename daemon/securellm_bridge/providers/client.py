@@ -307,6 +307,7 @@ class UpstreamClient:
             self._discard(conn)
             return
         conn.to_idle()
+        conn.expires = float("inf")
         keep_alive = dict.get(conn.headers, "keep-alive")
         if keep_alive:  # "timeout=5, max=100": stop reusing a second before the server gives up
             for part in keep_alive.split(","):
