@@ -209,6 +209,16 @@ async def test_large_bodies_past_the_backpressure_mark() -> None:
         await c.close()
 
 
+def test_decompression_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from securellm_bridge.providers import wire
+    monkeypatch.setattr(wire, "MAX_DECODED", 1000)
+    decoder = wire.BodyDecoder("gzip")
+    packed = gzip.compress(b"\0" * 1001)
+    with pytest.raises(MalformedResponse):
+        decoder.decompress(packed)
+    assert wire.BodyDecoder("gzip").decompress(gzip.compress(b"\0" * 1000)) == b"\0" * 1000
+
+
 async def test_interim_1xx_skipped_and_empty_bodies() -> None:
     async with serve_replies(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n" + ok(b"ok"),
                              b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",

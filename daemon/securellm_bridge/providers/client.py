@@ -59,7 +59,7 @@ class _Target:
             authority += f":{port}"
         path = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=_PATH_SAFE)
         lines = [f"POST {path} HTTP/1.1", f"Host: {authority}"]
-        names = set()
+        names: set[str] = set()
         self.close = False
         for name, value in headers.items():
             lower = name.lower()
@@ -72,7 +72,10 @@ class _Target:
         if "accept-encoding" not in names:  # a compressed answer costs CPU on both ends of loopback
             lines.append("Accept-Encoding: identity")
         lines.append("Content-Length: ")
-        self.head = "\r\n".join(lines).encode("latin-1")
+        try:
+            self.head = "\r\n".join(lines).encode("latin-1")
+        except UnicodeEncodeError:  # the codec's message would quote part of a header value
+            raise ValueError("request headers must be Latin-1 text") from None
 
 
 class Response:
