@@ -80,31 +80,28 @@ async def serving(handler: Handler, ssl_ctx: ssl.SSLContext | None = None,
         srv.close()
 
 
-def replying(*parts_per_request: bytes | list[bytes], close_after: bool = False, pause: float = 0.002) -> Handler:
-    """Serve requests on a connection in turn; a list answer is written piece by piece."""
+@asynccontextmanager
+async def serve_replies(*answers: bytes | list[bytes], close_after: bool = False,
+                        ssl_ctx: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> AsyncIterator[Server]:
+    """Each connection answers requests with ``answers`` in turn (a list is written piece by
+    piece, a few ms apart, so the client reads it in parts), then idles until the client closes."""
+    holder: list[Server] = []
+
     async def handler(conn_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for answer in parts_per_request:
-            if not await Server.read_request(server_of[0], conn_id, reader):
+        for answer in answers:
+            if not await holder[0].read_request(conn_id, reader):
                 return
             for piece in (answer if isinstance(answer, list) else [answer]):
                 writer.write(piece)
                 await writer.drain()
                 if isinstance(answer, list):
-                    await asyncio.sleep(pause)
+                    await asyncio.sleep(0.002)
             if close_after:
                 return
-        await reader.read()  # hold the connection open until the client closes it
-    server_of: list[Server] = []
-    handler.bind = server_of  # type: ignore[attr-defined]
-    return handler
+        await reader.read()
 
-
-@asynccontextmanager
-async def serve_replies(*answers: bytes | list[bytes], close_after: bool = False,
-                        ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
-    handler = replying(*answers, close_after=close_after)
-    async with serving(handler, ssl_ctx) as server:
-        handler.bind.append(server)  # type: ignore[attr-defined]
+    async with serving(handler, ssl_ctx, host) as server:
+        holder.append(server)
         yield server
 
 
@@ -114,7 +111,8 @@ def ok(body: bytes, *extra: bytes) -> bytes:
 
 
 def client(**kwargs: object) -> UpstreamClient:
-    return UpstreamClient(**{"max_connections": 4, "connect_timeout": 2.0, "read_timeout": 2.0, **kwargs})  # type: ignore[arg-type]
+    options: dict = {"max_connections": 4, "connect_timeout": 2.0, "read_timeout": 2.0, **kwargs}
+    return UpstreamClient(**options)
 
 
 async def get(c: UpstreamClient, server: Server, body: bytes = b"{}", scheme: str = "http",
@@ -195,6 +193,32 @@ async def test_compressed_body_is_decoded(encoding: str) -> None:
         await c.close()
 
 
+async def test_large_bodies_past_the_backpressure_mark() -> None:
+    big = bytes(range(256)) * (12 * 1024)  # 3 MiB: reading pauses at 1 MiB buffered until taken
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(big), big)
+    async with serve_replies(ok(big), chunked, ok(big)) as server:
+        c = client()
+        assert await get(c, server) == (200, big)
+        assert await get(c, server) == (200, big)
+        resp = await c.post(f"http://127.0.0.1:{server.port}/", b"", {})
+        got = bytearray()
+        async for chunk in resp.iter_any():
+            got += chunk
+            await asyncio.sleep(0)
+        assert got == big and server.connections == 1
+        await c.close()
+
+
+def test_decompression_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from securellm_bridge.providers import wire
+    monkeypatch.setattr(wire, "MAX_DECODED", 1000)
+    decoder = wire.BodyDecoder("gzip")
+    packed = gzip.compress(b"\0" * 1001)
+    with pytest.raises(MalformedResponse):
+        decoder.decompress(packed)
+    assert wire.BodyDecoder("gzip").decompress(gzip.compress(b"\0" * 1000)) == b"\0" * 1000
+
+
 async def test_interim_1xx_skipped_and_empty_bodies() -> None:
     async with serve_replies(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n" + ok(b"ok"),
                              b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
@@ -226,6 +250,17 @@ async def test_idle_connection_closed_by_server_is_not_reused() -> None:
         assert (c.open_connections, c.idle_connections) == (0, 0)
         assert await get(c, server) == (200, b"first")
         assert server.connections == 2
+        await c.close()
+
+
+async def test_keep_alive_timeout_from_the_server_is_honoured() -> None:
+    async with serve_replies(ok(b"a", b"Keep-Alive: timeout=60"), ok(b"b", b"Keep-Alive: timeout=1, max=9"),
+                             ok(b"c")) as server:
+        c = client()
+        assert await get(c, server) == (200, b"a")
+        assert await get(c, server) == (200, b"b")  # reusable for 1 s less 1 s of margin: not at all
+        assert await get(c, server) == (200, b"a")
+        assert server.connections == 2 and c.open_connections == 1
         await c.close()
 
 
@@ -298,6 +333,43 @@ async def test_cancelled_waiter_frees_its_place() -> None:
             await second
         assert await get(c, server) == (200, b"done")
         assert server.connections == 1
+        await c.close()
+
+
+async def test_waiter_woken_and_cancelled_at_once_passes_the_wakeup_on() -> None:
+    async with serve_replies(*(ok(b"%d" % i) for i in range(3))) as server:
+        c = client(max_connections=1)
+        url = f"http://127.0.0.1:{server.port}/"
+        resp = await c.post(url, b"", {})  # holds the only slot
+        second = asyncio.create_task(get(c, server))
+        third = asyncio.create_task(get(c, server))
+        await asyncio.sleep(0.02)
+        assert await resp.read() == b"0"  # releases: wakes `second`...
+        second.cancel()  # ...which is cancelled before it runs: `third` must get the connection
+        assert await asyncio.wait_for(third, 2) == (200, b"1")
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        await c.close()
+
+
+async def test_release_before_the_body_ended_closes_the_connection() -> None:
+    async def handler(conn_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(conn_id, reader):
+            if conn_id == 0:  # the head, then the body late: it would be read as the next answer
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+                await asyncio.sleep(0.01)
+                writer.write(ok(b"stale"))
+            else:
+                writer.write(ok(b"next"))
+
+    async with serving(handler) as server:
+        c = client()
+        resp = await c.post(f"http://127.0.0.1:{server.port}/", b"", {})
+        resp.release()  # as a stream's aclose() does when its reader stopped early
+        assert (c.open_connections, c.idle_connections) == (0, 0)
+        await asyncio.sleep(0.02)
+        assert await get(c, server) == (200, b"next")  # not bytes left over on a reused socket
+        assert server.connections == 2
         await c.close()
 
 
@@ -472,13 +544,11 @@ async def test_tls_hostname_mismatch_fails(tls: tuple[ssl.SSLContext, ssl.SSLCon
 
 
 async def test_ipv6_literal() -> None:
-    handler = replying(ok(b"six"))
     try:
-        cm = serving(handler, host="::1")
+        cm = serve_replies(ok(b"six"), host="::1")
         server = await cm.__aenter__()
     except OSError:
         pytest.skip("no IPv6 loopback")
-    handler.bind.append(server)  # type: ignore[attr-defined]
     try:
         c = client()
         resp = await c.post(f"http://[::1]:{server.port}/v1", b"", {})

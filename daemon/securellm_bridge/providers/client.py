@@ -23,12 +23,11 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-import zlib
 from collections import deque
 from typing import AsyncIterator, Mapping
 from urllib.parse import quote, urlsplit
 
-from .wire import Connection, Headers, MalformedResponse, TransportError
+from .wire import BodyDecoder, Connection, Headers, TransportError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -60,7 +59,7 @@ class _Target:
             authority += f":{port}"
         path = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=_PATH_SAFE)
         lines = [f"POST {path} HTTP/1.1", f"Host: {authority}"]
-        names = set()
+        names: set[str] = set()
         self.close = False
         for name, value in headers.items():
             lower = name.lower()
@@ -73,38 +72,10 @@ class _Target:
         if "accept-encoding" not in names:  # a compressed answer costs CPU on both ends of loopback
             lines.append("Accept-Encoding: identity")
         lines.append("Content-Length: ")
-        self.head = "\r\n".join(lines).encode("latin-1")
-
-
-class _Decoder:
-    """Undoes ``Content-Encoding: gzip``/``deflate`` from an upstream that compresses anyway."""
-
-    __slots__ = ("_z", "_deflate")
-
-    def __init__(self, encoding: str) -> None:
-        enc = encoding.strip().lower()
-        if enc not in ("gzip", "x-gzip", "deflate"):
-            raise MalformedResponse("an unsupported Content-Encoding")
-        self._deflate = enc == "deflate"
-        self._z: zlib._Decompress | None = None if self._deflate else zlib.decompressobj(16 + zlib.MAX_WBITS)
-
-    def decompress(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        if self._z is None:  # "deflate" is zlib-wrapped by the RFC, raw by some servers
-            zlib_header = (data[0] & 0x0F) == 8 and (len(data) < 2 or ((data[0] << 8) | data[1]) % 31 == 0)
-            self._z = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
         try:
-            return self._z.decompress(data)
-        except zlib.error:
-            raise MalformedResponse("a body that does not decompress") from None
-
-    def flush(self) -> bytes:
-        if self._z is None:
-            return b""
-        if not self._z.eof:
-            raise MalformedResponse("a truncated compressed body")
-        return self._z.flush()
+            self.head = "\r\n".join(lines).encode("latin-1")
+        except UnicodeEncodeError:  # the codec's message would quote part of a header value
+            raise ValueError("request headers must be Latin-1 text") from None
 
 
 class Response:
@@ -119,7 +90,7 @@ class Response:
         self._client = client
         self._conn: Connection | None = conn
         enc = dict.get(conn.headers, "content-encoding")
-        self._decoder = _Decoder(enc) if enc and enc.strip().lower() != "identity" else None
+        self._decoder: BodyDecoder | None = BodyDecoder(enc) if enc and enc.strip().lower() != "identity" else None
 
     def __repr__(self) -> str:
         return f"Response(status={self.status})"
@@ -129,10 +100,16 @@ class Response:
         conn = self._conn
         if conn is None:
             raise TransportError("the response was already released")
+        parts: list[bytes] = []
         try:
             while not conn.complete:
+                if conn.chunks:  # take them as they come: over PAUSE_AT buffered, reading stops
+                    parts.append(conn.take())
                 await conn.wait()
             body = conn.take()
+            if parts:
+                parts.append(body)
+                body = b"".join(parts)
             if self._decoder is not None:
                 body = self._decoder.decompress(body) + self._decoder.flush()
         except BaseException:
@@ -333,6 +310,7 @@ class UpstreamClient:
             self._discard(conn)
             return
         conn.to_idle()
+        conn.expires = float("inf")
         keep_alive = dict.get(conn.headers, "keep-alive")
         if keep_alive:  # "timeout=5, max=100": stop reusing a second before the server gives up
             for part in keep_alive.split(","):
