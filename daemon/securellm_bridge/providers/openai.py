@@ -24,6 +24,8 @@ from .sse import SSE_DONE, SSEParser
 #: (parsing them all was half the cost of re-framing a stream).
 _USAGE_VALUE = re.compile(r'"usage"\s*:(?!\s*null\b)')
 
+_INCLUDE_USAGE = b',"stream_options":{"include_usage":true}}'
+
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
@@ -56,8 +58,16 @@ class OpenAIProvider:
         return self._headers
 
     def _payload(self, call: Call, *, force_usage: bool = False) -> bytes:
-        if call.raw is not None and not force_usage:
-            return call.raw
+        raw = call.raw
+        if raw is not None:
+            if not force_usage:
+                return raw
+            if "stream_options" not in call.body:
+                # Splice the option in before the closing brace instead of re-serializing
+                # (the parsed body has no such key, so the object gains exactly one member).
+                end = raw.rstrip()
+                if end.endswith(b"}"):
+                    return end[:-1] + _INCLUDE_USAGE
         body = dict(call.body)
         body["model"] = call.model
         if force_usage:
