@@ -103,12 +103,14 @@ def test_pinned_model_is_never_evicted(make_daemon: Callable[..., Any], tmp_path
 
 def test_backend_killed_mid_stream_gives_clean_error_and_restarts(make_daemon: Callable[..., Any],
                                                                   tmp_path: Path) -> None:
-    b = _bridge(make_daemon, tmp_path)
+    # A context far longer than the tiny model's 256 tokens: it would otherwise finish the whole
+    # answer (finish_reason "length") before the client has read a few events and killed it.
+    b = _bridge(make_daemon, tmp_path, per_model={"tiny-a": {"ctx": 16384}})
     assert b.post("/v1/chat/completions", chat("tiny-a", max_tokens=2)).status_code == 200
     pid = llama_servers(b.daemon.proc.pid)["tiny-a"]  # type: ignore[union-attr]
     events: list[str] = []
     with b.http() as c, c.stream("POST", "/v1/chat/completions",
-                                 json=chat("tiny-a", "tell a long story", stream=True, max_tokens=4000,
+                                 json=chat("tiny-a", "tell a long story", stream=True, max_tokens=16000,
                                            ignore_eos=True),
                                  headers={"Authorization": f"Bearer {b.key}"}) as r:
         assert r.status_code == 200

@@ -76,6 +76,8 @@ class SupervisedProcess:
         self._exit: asyncio.Future[int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
+        #: Resolved at the next state change (requests waiting through a restart).
+        self._transition: asyncio.Future[None] | None = None
         self._stop = asyncio.Event()
         self._stop_grace: float | None = None
         self._idle = asyncio.Event()
@@ -157,7 +159,13 @@ class SupervisedProcess:
 
     @asynccontextmanager
     async def use(self) -> AsyncIterator[None]:
-        """Count one request in flight; :class:`NotReady` unless the process is ready."""
+        """Count one request in flight; :class:`NotReady` unless the process is ready.
+
+        A request that finds the process restarting after a crash waits for it (at most
+        ``ready_timeout``) instead of failing at once: the crash is the daemon's business, and
+        failing fast would also count against the model's circuit breaker and open it."""
+        if self._state is State.STARTING and self._ready is not None and self._ready.done():
+            await self._through_restart()
         if self._state is not State.READY:
             raise NotReady(f"local model {self.name} is {self._state.value}")
         self._in_flight += 1
@@ -169,6 +177,17 @@ class SupervisedProcess:
             if self._in_flight == 0:
                 self._idle.set()
 
+    async def _through_restart(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ready_timeout
+        while self._state is State.STARTING and loop.time() < deadline:
+            if self._transition is None or self._transition.done():
+                self._transition = loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._transition), deadline - loop.time())
+            except TimeoutError:
+                return
+
     # -- the supervisor task ------------------------------------------------------------
 
     def _set(self, new: State, reason: str, exited: ExitInfo | None = None) -> None:
@@ -177,6 +196,8 @@ class SupervisedProcess:
                              exited.pid if exited is not None else self.pid, self._restarts,
                              returncode)
         self._state = new
+        if self._transition is not None and not self._transition.done():
+            self._transition.set_result(None)
         level = logging.ERROR if new is State.FAILED else \
             logging.WARNING if new is State.STARTING and returncode is not None else logging.INFO
         self._log.log(level, "%s %s: %s -> %s (%s)", self.program, self.name, event.old.value,
