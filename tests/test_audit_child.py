@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def test_kill_9_of_the_writer_mid_stream_loses_nothing(run: Callable[..., Any], 
                                                        caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "audit.jsonl"
     before = counters()
+    sizes = [200] * 4 + [2000] + [200] * 5
 
     async def scenario() -> AuditLog:
         log = AuditLog(AuditConfig(file=str(path)), str(tmp_path))
@@ -121,12 +123,13 @@ def test_kill_9_of_the_writer_mid_stream_loses_nothing(run: Callable[..., Any], 
         first = log.writer_pid
         assert first is not None
         for burst in range(10):
-            for i in range(200):
+            for i in range(sizes[burst]):
                 log.admin("key_created", key_id=f"key_{burst}_{i}", owner="o")
-            await asyncio.sleep(0)  # the burst goes into the pipe
-            if burst == 4:
-                assert log._writer.unacknowledged > 0  # records in flight when it dies
+            if burst == 4:  # 2000 records take the writer ~0.1 s: kill it while it writes them
+                while log._writer.unacknowledged == 0:  # until they are handed over (SEND_INTERVAL_S)
+                    await asyncio.sleep(0.001)
                 os.kill(first, signal.SIGKILL)
+            await asyncio.sleep(0.01)
         await asyncio.wait_for(log.flush(), 30)
         assert log.writer_pid not in (None, first) and log.writer_restarts == 1
         await log.close()
@@ -135,14 +138,16 @@ def test_kill_9_of_the_writer_mid_stream_loses_nothing(run: Callable[..., Any], 
     with caplog.at_level(logging.ERROR, logger="securellm_bridge.audit"):
         log = run(scenario())
     assert "was killed by signal 9" in caplog.text
+    resent = re.search(r"; (\d+) unconfirmed audit records are re-sent", caplog.text)
+    assert resent and int(resent.group(1)) > 0, caplog.text
     records = lines(path)
-    assert {r["SECURELLM_KEY_ID"] for r in records} == {f"key_{b}_{i}" for b in range(10) for i in range(200)}
+    assert {r["SECURELLM_KEY_ID"] for r in records} == {f"key_{b}_{i}" for b in range(10) for i in range(sizes[b])}
     seqs = [int(r["SECURELLM_SEQ"]) for r in records]
     assert sorted(set(seqs)) == list(range(1, log.last_seq + 1))  # no gap; re-sent records numbered anew
     report = verified(path, tmp_path)
     assert report.ok, report
     moved = delta(before)
-    assert moved["restarts"] == 1 and moved["errors"] == 0 and moved["file"] >= 2000
+    assert moved["restarts"] == 1 and moved["errors"] == 0 and moved["file"] >= 3800
 
 
 def test_a_writer_that_cannot_start_keeps_the_records_and_is_retried(
