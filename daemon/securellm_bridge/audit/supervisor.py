@@ -105,7 +105,8 @@ class Supervisor:
         self._cannot_start(problem.reason)
 
     async def flush(self) -> None:
-        """Wait until every record submitted so far is acknowledged."""
+        """Wait until every record submitted so far is acknowledged (while no writer can be
+        started, that waits for one: the records are not given up)."""
         target = self._next - 1
         if target <= self._acked or self._settings is None or self._closing:
             return
