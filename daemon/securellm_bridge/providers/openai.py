@@ -17,12 +17,12 @@ from .client import Response, UpstreamClient
 from .http import (TRANSPORT_ERRORS, json_object, make_client, malformed, openai_error_to_openai, post, read,
                    transport_failure, usage_from)
 from .openai_shapes import TokenUsage
-from .sse import SSE_DONE, SSEParser
+from .sse import DEFAULT_MAX_ITEM_BYTES, SSE_DONE, SSEParser
 
 #: A "usage" key whose value is not null. Once usage is asked for, OpenAI sends
 #: ``"usage":null`` in every chunk; only the chunk that carries the object needs parsing
 #: (parsing them all was half the cost of re-framing a stream).
-_USAGE_VALUE = re.compile(r'"usage"\s*:(?!\s*null\b)')
+_USAGE_VALUE = re.compile(rb'"usage"\s*:(?!\s*null\b)')
 
 _INCLUDE_USAGE = b',"stream_options":{"include_usage":true}}'
 
@@ -95,35 +95,63 @@ class OpenAIStream:
         self._provider = provider
         self._resp = resp
         self._wants_usage = client_wants_usage
+        self._done = False
         self.usage = TokenUsage()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         parser = SSEParser()
-        done = False
+        pending = b""
         try:
             async for chunk in self._resp.iter_any():
-                out = []
-                for event in parser.feed(chunk):
-                    if event.data == "[DONE]":
-                        done = True
-                        out.append(SSE_DONE)
+                if pending:
+                    chunk, pending = pending + chunk, b""
+                out: list[bytes] = []
+                if not parser.incomplete and b"\r" not in chunk:
+                    # Fast path, what OpenAI-compatible servers send: events of one "data: "
+                    # line each, separated by blank lines. Forwarded as they came, parsed
+                    # only where they carry usage or end the stream; anything else goes
+                    # through the full WHATWG parser below.
+                    cut = chunk.rfind(b"\n\n")
+                    events = chunk[:cut].split(b"\n\n") if cut >= 0 else []
+                    if all(e.startswith(b"data: ") and b"\n" not in e for e in events) \
+                            and len(chunk) - cut <= DEFAULT_MAX_ITEM_BYTES:
+                        pending = chunk[cut + 2:] if cut >= 0 else chunk
+                        if not events:
+                            continue
+                        head = chunk[:cut + 2]
+                        if b'"usage"' not in head and b"[DONE]" not in head:
+                            yield head
+                            continue
+                        for event in events:
+                            self._take(event[6:], out)
+                        if out:
+                            yield b"".join(out)
                         continue
-                    if '"usage"' in event.data and _USAGE_VALUE.search(event.data):
-                        try:
-                            parsed = json.loads(event.data)
-                        except ValueError:
-                            raise malformed(self._provider, "malformed JSON in a stream event") from None
-                        if isinstance(parsed, dict) and parsed.get("usage"):
-                            self.usage = usage_from(parsed["usage"])
-                            if not self._wants_usage and not parsed.get("choices"):
-                                continue
-                    out.append(b"data: " + event.data.encode() + b"\n\n")
+                for event in parser.feed(chunk):
+                    self._take(event.data.encode(), out)
                 if out:
                     yield b"".join(out)
         except TRANSPORT_ERRORS as exc:
             raise transport_failure(self._provider, exc) from None
-        if not done:
+        if not self._done:
             raise UpstreamFailure(f"{self._provider}: upstream stream ended early", retryable=True)
+
+    def _take(self, data: bytes, out: list[bytes]) -> None:
+        """One event's data: note [DONE] and usage, drop the usage-only chunk unless asked for."""
+        if data == b"[DONE]":
+            self._done = True
+            out.append(SSE_DONE)
+            return
+        if b'"usage"' in data and _USAGE_VALUE.search(data):
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                raise malformed(self._provider, "malformed JSON in a stream event") from None
+            if isinstance(parsed, dict) and parsed.get("usage"):
+                self.usage = usage_from(parsed["usage"])
+                if not self._wants_usage and not parsed.get("choices"):
+                    return
+        out.append(b"data: " + data + b"\n\n")
 
     async def aclose(self) -> None:
         self._resp.release()  # reuses the connection only if the body was read to its end

@@ -341,51 +341,62 @@ class Connection(asyncio.Protocol):
             self.keep_alive = False
 
     def _chunks(self) -> None:
+        """Decode the chunked framing of what is buffered. Parses by index and trims the buffer
+        once, and hands the reader one piece per read however many chunks it held (an SSE
+        stream is one HTTP chunk per event: 13+ per answer)."""
         buf = self._buf
-        while buf:
+        pos, end = 0, len(buf)
+        out: list[bytes] = []
+        while pos < end:
             state = self._cstate
             if state == _DATA:
-                take = min(len(buf), self._remaining)
-                self._push(bytes(buf[:take]))
-                del buf[:take]
+                take = min(end - pos, self._remaining)
+                out.append(bytes(buf[pos:pos + take]))
+                pos += take
                 self._remaining -= take
                 if self._remaining == 0:
                     self._cstate = _DATA_END
             elif state == _SIZE:
-                nl = buf.find(b"\r\n")
+                nl = buf.find(b"\r\n", pos)
                 if nl < 0:
-                    if len(buf) > MAX_CHUNK_LINE:
+                    if end - pos > MAX_CHUNK_LINE:
                         raise MalformedResponse("a chunk-size line that is too long")
-                    return
-                size = bytes(buf[:nl]).split(b";", 1)[0].strip(b" \t")
+                    break
+                size = bytes(buf[pos:nl]).split(b";", 1)[0].strip(b" \t")
                 if not size or len(size) > 16 or not _HEX.issuperset(size):
                     raise MalformedResponse("a malformed chunk size")
-                del buf[:nl + 2]
+                pos = nl + 2
                 self._remaining = int(size, 16)
                 self._cstate = _DATA if self._remaining else _TRAILER
             elif state == _DATA_END:
-                if len(buf) < 2:
-                    return
-                if buf[:2] != b"\r\n":
+                if end - pos < 2:
+                    break
+                if buf[pos:pos + 2] != b"\r\n":
                     raise MalformedResponse("a chunk not followed by CRLF")
-                del buf[:2]
+                pos += 2
                 self._cstate = _SIZE
             else:  # trailer fields, skipped, until the empty line
-                nl = buf.find(b"\r\n")
+                nl = buf.find(b"\r\n", pos)
                 if nl < 0:
-                    if self._trailer_bytes + len(buf) > MAX_HEAD:
+                    if self._trailer_bytes + end - pos > MAX_HEAD:
                         raise MalformedResponse("trailers larger than 64 KiB")
-                    return
-                del buf[:nl + 2]
-                self._trailer_bytes += nl + 2
+                    break
+                self._trailer_bytes += nl + 2 - pos
                 if self._trailer_bytes > MAX_HEAD:
                     raise MalformedResponse("trailers larger than 64 KiB")
-                if nl == 0:
-                    if buf:
+                last = nl == pos
+                pos = nl + 2
+                if last:
+                    if pos < end:
                         self.keep_alive = False
-                        buf.clear()
+                    buf.clear()
+                    if out:
+                        self._push(out[0] if len(out) == 1 else b"".join(out))
                     self._finish()
                     return
+        del buf[:pos]
+        if out:
+            self._push(out[0] if len(out) == 1 else b"".join(out))
 
     def _push(self, data: bytes) -> None:
         if data:
