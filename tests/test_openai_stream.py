@@ -64,7 +64,9 @@ def _run(pieces: list[bytes], wants_usage: bool) -> tuple[list[Any], OpenAIStrea
 
 @pytest.mark.parametrize("wants_usage", [True, False])
 @pytest.mark.parametrize("body", [_body(), _body(sep=b"\r\n\r\n"), _body(line=b"data:"),
-                                  _body(extra=b": keep-alive comment\n\n")], ids=["lf", "crlf", "nospace", "comment"])
+                                  _body(extra=b": keep-alive comment\n\n"), _body(sep=b"\n\n\n"),
+                                  _body(extra=b'data: {"choices":[{"index":0,"delta":{}}],"usage" : null}\n\n')],
+                         ids=["lf", "crlf", "nospace", "comment", "blank-lines", "spaced-null-usage"])
 def test_same_events_whatever_the_framing_and_the_reads(body: bytes, wants_usage: bool) -> None:
     # What the client must get: every event, minus the usage-only one when it did not ask.
     reference = [e.data if e.data == "[DONE]" else json.loads(e.data) for e in SSEParser().feed(body)]
@@ -75,6 +77,17 @@ def test_same_events_whatever_the_framing_and_the_reads(body: bytes, wants_usage
         events, stream = _run(_split(body, seed), wants_usage)
         assert events == reference, seed
         assert (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (5, 7)
+
+
+def test_usage_on_a_chunk_with_choices_is_kept_and_counted() -> None:
+    last = {"id": "c1", "choices": [{"index": 0, "delta": {"content": "x"}}],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}}
+    body = b"data: " + json.dumps(_chunk(0)).encode() + b"\n\ndata: " + json.dumps(last).encode() \
+        + b"\n\ndata: [DONE]\n\n"
+    for seed in range(10):
+        events, stream = _run(_split(body, seed), False)
+        assert events[1]["usage"]["total_tokens"] == 5 and events[-1] == "[DONE]"
+        assert (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (2, 3)
 
 
 def test_stream_without_done_is_a_retryable_failure() -> None:

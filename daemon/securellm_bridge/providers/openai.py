@@ -88,6 +88,14 @@ class OpenAIProvider:
         return OpenAIStream(self.name, resp, call.include_usage)
 
 
+def _plain_events(head: bytes) -> bool:
+    """``head`` (ending in a blank line, no CR) is only ``data: X\\n\\n`` events with one-line X:
+    every newline is in a pair, and every pair but the last starts another ``data: `` line."""
+    pairs = head.count(b"\n\n")
+    return head.startswith(b"data: ") and head.count(b"\n") == 2 * pairs \
+        and head.count(b"\n\ndata: ") == pairs - 1
+
+
 class OpenAIStream:
     """Re-frames the upstream's SSE events; drops the usage-only chunk the client did not ask for."""
 
@@ -108,24 +116,18 @@ class OpenAIStream:
                 out: list[bytes] = []
                 if not parser.incomplete and b"\r" not in chunk:
                     # Fast path, what OpenAI-compatible servers send: events of one "data: "
-                    # line each, separated by blank lines. Forwarded as they came, parsed
-                    # only where they carry usage or end the stream; anything else goes
-                    # through the full WHATWG parser below.
+                    # line each, separated by blank lines. Such a run is forwarded as it came;
+                    # only the event that carries usage is parsed (and dropped if the client
+                    # did not ask for it). Anything else goes through the WHATWG parser.
                     cut = chunk.rfind(b"\n\n")
-                    events = chunk[:cut].split(b"\n\n") if cut >= 0 else []
-                    if all(e.startswith(b"data: ") and b"\n" not in e for e in events) \
-                            and len(chunk) - cut <= DEFAULT_MAX_ITEM_BYTES:
-                        pending = chunk[cut + 2:] if cut >= 0 else chunk
-                        if not events:
-                            continue
-                        head = chunk[:cut + 2]
-                        if b'"usage"' not in head and b"[DONE]" not in head:
-                            yield head
-                            continue
-                        for event in events:
-                            self._take(event[6:], out)
-                        if out:
-                            yield b"".join(out)
+                    cut = cut + 2 if cut >= 0 else 0
+                    head = chunk[:cut]
+                    if len(chunk) - cut <= DEFAULT_MAX_ITEM_BYTES and (not head or _plain_events(head)):
+                        pending = chunk[cut:]
+                        if head:
+                            head = self._forward(head)
+                            if head:
+                                yield head
                         continue
                 for event in parser.feed(chunk):
                     self._take(event.data.encode(), out)
@@ -136,12 +138,30 @@ class OpenAIStream:
         if not self._done:
             raise UpstreamFailure(f"{self._provider}: upstream stream ended early", retryable=True)
 
-    def _take(self, data: bytes, out: list[bytes]) -> None:
-        """One event's data: note [DONE] and usage, drop the usage-only chunk unless asked for."""
+    def _forward(self, head: bytes) -> bytes:
+        """A run of plain events as it goes to the client: [DONE] noted, usage taken."""
+        done = head.find(SSE_DONE)
+        if done >= 0 and (done == 0 or head[done - 2:done] == b"\n\n"):
+            self._done = True
+        found = _USAGE_VALUE.search(head)
+        while found is not None:
+            start = head.rfind(b"\n\n", 0, found.start())
+            start = 0 if start < 0 else start + 2
+            end = head.find(b"\n\n", found.end()) + 2
+            kept = self._take(head[start + 6:end - 2], [])
+            if not kept:
+                head = head[:start] + head[end:]
+                end = start
+            found = _USAGE_VALUE.search(head, end)
+        return head
+
+    def _take(self, data: bytes, out: list[bytes]) -> bool:
+        """One event's data: note [DONE] and usage, drop the usage-only chunk unless asked for;
+        returns whether the event goes to the client (appended to ``out``)."""
         if data == b"[DONE]":
             self._done = True
             out.append(SSE_DONE)
-            return
+            return True
         if b'"usage"' in data and _USAGE_VALUE.search(data):
             try:
                 parsed = json.loads(data)
@@ -150,8 +170,9 @@ class OpenAIStream:
             if isinstance(parsed, dict) and parsed.get("usage"):
                 self.usage = usage_from(parsed["usage"])
                 if not self._wants_usage and not parsed.get("choices"):
-                    return
+                    return False
         out.append(b"data: " + data + b"\n\n")
+        return True
 
     async def aclose(self) -> None:
         self._resp.release()  # reuses the connection only if the body was read to its end

@@ -15,6 +15,7 @@ reused. Error messages never contain header values (upstream headers may echo AP
 from __future__ import annotations
 
 import asyncio
+import re
 import zlib
 from typing import Callable
 
@@ -30,7 +31,8 @@ PAUSE_AT = 1 << 20
 _IDLE, _HEAD, _BODY, _DONE = range(4)
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+#: A chunk-size line: 1-16 hex digits, optional whitespace and chunk extensions (ignored).
+_SIZE_LINE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r\n").match
 
 
 class TransportError(Exception):
@@ -357,16 +359,27 @@ class Connection(asyncio.Protocol):
                 if self._remaining == 0:
                     self._cstate = _DATA_END
             elif state == _SIZE:
-                nl = buf.find(b"\r\n", pos)
-                if nl < 0:
-                    if end - pos > MAX_CHUNK_LINE:
-                        raise MalformedResponse("a chunk-size line that is too long")
+                # Whole chunks, the common case, in a tight loop: size line, data, CRLF.
+                found = _SIZE_LINE(buf, pos)
+                while found is not None:
+                    size = int(found.group(1), 16)
+                    start = found.end()
+                    stop = start + size
+                    if size == 0 or stop + 2 > end:
+                        break
+                    if buf[stop:stop + 2] != b"\r\n":
+                        raise MalformedResponse("a chunk not followed by CRLF")
+                    out.append(bytes(buf[start:stop]))
+                    pos = stop + 2
+                    found = _SIZE_LINE(buf, pos)
+                if found is None:
+                    nl = buf.find(b"\r\n", pos)
+                    if nl >= 0 or end - pos > MAX_CHUNK_LINE:
+                        raise MalformedResponse("a malformed chunk size" if nl >= 0 else
+                                                "a chunk-size line that is too long")
                     break
-                size = bytes(buf[pos:nl]).split(b";", 1)[0].strip(b" \t")
-                if not size or len(size) > 16 or not _HEX.issuperset(size):
-                    raise MalformedResponse("a malformed chunk size")
-                pos = nl + 2
-                self._remaining = int(size, 16)
+                pos = found.end()
+                self._remaining = int(found.group(1), 16)
                 self._cstate = _DATA if self._remaining else _TRAILER
             elif state == _DATA_END:
                 if end - pos < 2:
