@@ -27,7 +27,9 @@ and measures, with ``loadgen`` (raw asyncio protocol over mTLS, keep-alive):
   each process spent per request;
 * latency at a paced ``--rate`` (default 16 req/s): p50/p99 of whole answers (non-streaming),
   time to first and to last byte (streaming);
-* the RSS of the bridge (and of the bare proxy) at start and after the runs.
+* the RSS of the bridge (and of the bare proxy) at start and after the runs; the bridge's audit
+  writer process (``securellm_bridge.audit.child``) is reported beside it: its RSS, its CPU per
+  request, and the PSS of the two processes together (shared pages counted once).
 
 Every scenario runs ``--repeats`` times, interleaved (direct, bare, bridge, direct, ...), so that
 noise from other work on the machine hits them alike. Throughput is the median over repeats
@@ -116,6 +118,8 @@ class Stack:
     daemons: list[Any] = field(default_factory=list)  # tests.daemon.Daemon
     targets: dict[str, Target] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    #: bridge name -> pid of its audit writer process (its CPU and memory are the bridge's too)
+    writers: dict[str, int] = field(default_factory=dict)
 
     @property
     def bridges(self) -> list[str]:
@@ -193,6 +197,27 @@ def start_bridge(stack: Stack, name: str, certs: Any, up_url: str, log_level: st
     stack.targets[name] = Target(name, host.strip("[]"), int(port), tls, (("Authorization", f"Bearer {key}"),))
     assert d.proc is not None
     stack.pids[name] = d.proc.pid
+    writer = _audit_writer(d.proc.pid)
+    if writer is not None:
+        stack.writers[name] = writer
+
+
+def _audit_writer(pid: int) -> int | None:
+    """The daemon's audit writer process (``securellm_bridge.audit.child``), if it runs one."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"securellm_bridge.audit.child" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    return None
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size in MB: shared pages split among the processes that map them."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    return 0.0
 
 
 def start_stack(log_level: str, variants: dict[str, Variant] | None = None) -> Stack:
@@ -233,6 +258,8 @@ class Results:
     paced: dict[tuple[str, bool], list[PacedResult]] = field(default_factory=dict)
     rss: dict[str, tuple[float, float]] = field(default_factory=dict)
     rss_idle: dict[str, float] = field(default_factory=dict)
+    #: bridge -> (its audit writer's RSS, PSS of the bridge and the writer together), MB
+    writers: dict[str, tuple[float, float]] = field(default_factory=dict)
     profile: dict[str, str] = field(default_factory=dict)
 
     def rps(self, target: str, stream: bool) -> float:
@@ -282,7 +309,8 @@ async def measure(stack: Stack, args: argparse.Namespace) -> Results:
             t = stack.targets[name]
             r = await loadgen.saturate(t, t.request(PATH, _body(stream)), validator(stream),
                                        connections=args.connections, duration=args.duration,
-                                       warmup=args.warmup, watch=stack.pids)
+                                       warmup=args.warmup,
+                                       watch={**stack.pids, **{f"{b}/writer": p for b, p in stack.writers.items()}})
             res.sat.setdefault((name, stream), []).append(r)
             own = r.cpu[process_of(name)]
             _progress(f"saturated {name:<14} {'stream' if stream else 'plain ':<6} rep {rep + 1}: "
@@ -300,6 +328,8 @@ async def measure(stack: Stack, args: argparse.Namespace) -> Results:
                           f"{loadgen.percentile(r.ttlb, 99) * 1e3:.3f} ms, n={len(r.ttlb)}, errors {r.errors}, "
                           f"late {r.late}")
     res.rss = {name: rss_mb(stack.pids[name]) for name in proxies}
+    res.writers = {name: (rss_mb(pid)[0], pss_mb(stack.pids[name]) + pss_mb(pid))
+                   for name, pid in stack.writers.items()}
     if args.profile is not None:
         await profile(stack, args, res)
     return res
@@ -413,6 +443,11 @@ def report(res: Results, stack_bridges: list[str], args: argparse.Namespace) -> 
     add("RSS, MB (10^6 bytes): " + "; ".join(
         f"{name} {res.rss_idle[name]:.1f} at start, {rss:.1f} after the runs (peak {hwm:.1f})"
         for name, (rss, hwm) in res.rss.items()))
+    for name, (rss, pss) in res.writers.items():
+        cpu = [f"{statistics.median(r.cpu.get(name + '/writer', 0.0) / r.rps * 1e6 for r in res.sat[(name, s)]):.0f}"
+               for s in (False, True)]
+        add(f"{name}'s audit writer process: {rss:.1f} MB RSS after the runs ({name} and its writer together: "
+            f"{pss:.1f} MB PSS); CPU per request {cpu[0]} µs plain, {cpu[1]} µs stream (not in the bridge's CPU above)")
     checks: list[tuple[str, str, str, bool | None]] = []
     for bridge in stack_bridges:
         tag = "" if bridge == "bridge" else f" [{bridge}]"
@@ -435,6 +470,10 @@ def report(res: Results, stack_bridges: list[str], args: argparse.Namespace) -> 
                                d <= BARS["latency_delta_ms"] if bar else None))
         rss = res.rss[bridge][0]
         checks.append((f"RSS{tag}", f"{rss:.1f} MB", f"<= {BARS['rss_mb']:.0f} MB", rss <= BARS["rss_mb"]))
+        if bridge in res.writers:
+            pss = res.writers[bridge][1]
+            checks.append((f"PSS of the bridge and its audit writer{tag}", f"{pss:.1f} MB",
+                           f"<= {BARS['rss_mb']:.0f} MB", pss <= BARS["rss_mb"]))
     add("")
     add("| check | measured | bar | met |")
     add("|---|---|---|---|")
@@ -454,6 +493,7 @@ def report(res: Results, stack_bridges: list[str], args: argparse.Namespace) -> 
         "saturated_rps": {f"{n}/{_kind(s)}": [r.rps for r in runs] for (n, s), runs in res.sat.items()},
         "saturated_cpu": {f"{n}/{_kind(s)}": [r.cpu for r in runs] for (n, s), runs in res.sat.items()},
         "latency_ms": lat, "rss_mb": res.rss, "rss_idle_mb": res.rss_idle,
+        "audit_writer_rss_and_pss_mb": res.writers,
         "checks": [{"check": c[0], "measured": c[1], "bar": c[2], "met": c[3]} for c in checks],
         "errors": errors,
     })
