@@ -21,7 +21,7 @@ from securellm_bridge.config.providers import ProviderConfig
 from securellm_bridge.providers.base import UpstreamFailure
 from securellm_bridge.providers.client import UpstreamClient
 from securellm_bridge.providers.http import TRANSPORT_ERRORS, post, read, transport_failure
-from securellm_bridge.providers.wire import MalformedResponse
+from securellm_bridge.providers.messages import MalformedResponse
 
 from . import certutil
 
@@ -210,13 +210,13 @@ async def test_large_bodies_past_the_backpressure_mark() -> None:
 
 
 def test_decompression_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from securellm_bridge.providers import wire
-    monkeypatch.setattr(wire, "MAX_DECODED", 1000)
-    decoder = wire.BodyDecoder("gzip")
+    from securellm_bridge.providers import messages
+    monkeypatch.setattr(messages, "MAX_DECODED", 1000)
+    decoder = messages.BodyDecoder("gzip")
     packed = gzip.compress(b"\0" * 1001)
     with pytest.raises(MalformedResponse):
         decoder.decompress(packed)
-    assert wire.BodyDecoder("gzip").decompress(gzip.compress(b"\0" * 1000)) == b"\0" * 1000
+    assert messages.BodyDecoder("gzip").decompress(gzip.compress(b"\0" * 1000)) == b"\0" * 1000
 
 
 async def test_interim_1xx_skipped_and_empty_bodies() -> None:

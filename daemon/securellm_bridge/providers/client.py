@@ -13,7 +13,7 @@ body was read to the end; a response abandoned early (``close()``, a cancelled t
 await) closes its connection, so unread bytes are never mistaken for the next response.
 
 Failures are plain exceptions for ``providers/http.py`` to map: ``TimeoutError`` (connect or
-read timeout), ``OSError`` (refused, reset, TLS), :class:`~.wire.TransportError` (malformed
+read timeout), ``OSError`` (refused, reset, TLS), :class:`~.messages.TransportError` (malformed
 response, closed client). No message or ``repr`` contains a header value: provider API keys
 travel in headers.
 """
@@ -27,7 +27,8 @@ from collections import deque
 from typing import AsyncIterator, Mapping
 from urllib.parse import quote, urlsplit
 
-from .wire import BodyDecoder, Connection, Headers, TransportError
+from .messages import BodyDecoder, Headers, TransportError
+from .wire import Connection
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")

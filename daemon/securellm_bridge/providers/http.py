@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from ..config.providers import ProviderConfig
 from .base import UpstreamFailure
 from .client import Response, UpstreamClient
-from .wire import MalformedResponse, TransportError
+from .messages import MalformedResponse, TransportError
 from .openai_shapes import TokenUsage, count, error_body
 
 ErrorMapper = Callable[[int, bytes], "tuple[int, dict[str, Any]]"]

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import zlib
 from typing import Callable
+
+from .messages import Headers, MalformedResponse, TransportError
 
 #: Most bytes of a response head (status line + headers), and of a chunked body's trailers.
 MAX_HEAD = 64 * 1024
 #: Longest chunk-size line (size + extensions).
 MAX_CHUNK_LINE = 4096
-#: Most bytes a compressed body may decode to.
-MAX_DECODED = 256 * 1024 * 1024
 #: Body bytes buffered for a slow reader before the socket stops being read (backpressure).
 PAUSE_AT = 1 << 20
 
@@ -33,68 +32,6 @@ _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 #: A chunk-size line: 1-16 hex digits, optional whitespace and chunk extensions (ignored).
 _SIZE_LINE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r\n").match
-
-
-class TransportError(Exception):
-    """An upstream failure below HTTP semantics that is neither a timeout nor an ``OSError``."""
-
-
-class MalformedResponse(TransportError):
-    """The upstream's bytes are not a valid HTTP/1.1 response; the message says what, never a value."""
-
-
-class Headers(dict[str, str]):
-    """Response headers keyed by lower-case name; repeated fields joined with ``", "``."""
-
-    __slots__ = ()
-
-    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        return dict.get(self, name.lower(), default)
-
-    def __getitem__(self, name: str) -> str:
-        return dict.__getitem__(self, name.lower())
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and dict.__contains__(self, name.lower())
-
-    def __repr__(self) -> str:  # names only: values may carry credentials echoed by an upstream
-        return f"Headers({sorted(self)!r})"
-
-
-class BodyDecoder:
-    """Undoes ``Content-Encoding: gzip``/``deflate`` from an upstream that compresses anyway,
-    at most :data:`MAX_DECODED` bytes (a small compressed body can expand without bound)."""
-
-    __slots__ = ("_z", "_room")
-
-    def __init__(self, encoding: str) -> None:
-        enc = encoding.strip().lower()
-        if enc not in ("gzip", "x-gzip", "deflate"):
-            raise MalformedResponse("an unsupported Content-Encoding")
-        self._z: zlib._Decompress | None = None if enc == "deflate" else zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self._room = MAX_DECODED
-
-    def decompress(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        if self._z is None:  # "deflate" is zlib-wrapped by the RFC, raw by some servers
-            zlib_header = (data[0] & 0x0F) == 8 and (len(data) < 2 or ((data[0] << 8) | data[1]) % 31 == 0)
-            self._z = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
-        try:
-            out = self._z.decompress(data, self._room + 1)
-        except zlib.error:
-            raise MalformedResponse("a body that does not decompress") from None
-        self._room -= len(out)
-        if self._room < 0:
-            raise MalformedResponse("a compressed body larger than 256 MiB decoded")
-        return out
-
-    def flush(self) -> bytes:
-        if self._z is None:
-            return b""
-        if not self._z.eof:
-            raise MalformedResponse("a truncated compressed body")
-        return self._z.flush()
 
 
 class Connection(asyncio.Protocol):
