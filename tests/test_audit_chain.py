@@ -11,8 +11,8 @@ import pytest
 from securellm_bridge.audit.chain import GENESIS, canonical, key_id, link
 from securellm_bridge.audit.events import EVENTS, request_priority
 from securellm_bridge.audit.reader import Entry
-from securellm_bridge.audit.record import (CHAIN, MASK, RequestAudit, build, check_fields, format_value,
-                                           mask_secrets, request_row, request_values)
+from securellm_bridge.audit.record import (_SECRET_RE, CHAIN, MASK, RequestAudit, build, check_fields, format_value,
+                                           mask_secrets, might_hold_secret, request_row, request_values)
 from securellm_bridge.audit.verify import verify, verify_merged
 
 KEY = b"k" * 32
@@ -75,6 +75,16 @@ def test_secrets_are_masked_in_values() -> None:
     assert key not in text and "abcdefghijklmnop1234" not in text and "xyzxyzxyzxyzxyz" not in text
     assert text.count(MASK) == 3
     assert mask_secrets("task-management and risk-assessment") == "task-management and risk-assessment"
+
+
+@pytest.mark.parametrize("text", [
+    "sk-abcdefghijklmnop", "SK-ABCDEFGHIJKLMNOP", "\u017fk-abcdefghijklmnop", "s\u212a-abcdefghijklmnop",
+    "BEARER abcdefghijklmnop", "beArEr\tabcdefghijklmnop", "Bearer short", "xsk-abcdefghijklmnop",
+    "task-management and risk-assessment", "a\0sk-proj-abcdefghijklmnop\0b", "", "plain text"])
+def test_secret_prefilter_agrees_with_the_pattern(text: str) -> None:
+    """The cheap test in front of the scan may say "maybe", never "no" where the pattern matches
+    (IGNORECASE accepts the long s and the Kelvin sign for s and k)."""
+    assert might_hold_secret(text) == (_SECRET_RE.search(text) is not None)
 
 
 @pytest.mark.parametrize("fields", [{"Bad": "x"}, {"seq": "1"}, {"chain": "x"}, {"x-y": "1"}, {"obj": {"a": 1}}])
