@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os.path
+from urllib.parse import urlsplit
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -60,6 +61,19 @@ def positive(value: float) -> str | None:
 
 def non_negative(value: float) -> str | None:
     return None if value >= 0 else f"expected a number of at least 0, got {value!r}"
+
+
+def non_negative_int(value: int) -> str | None:
+    return None if value >= 0 else f"expected an integer of at least 0, got {value!r}"
+
+
+def http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"expected an http:// or https:// URL, got {value!r}"
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return "expected a URL without query, fragment or credentials (put keys in api_key)"
+    return None
 
 
 def non_empty(value: str) -> str | None:

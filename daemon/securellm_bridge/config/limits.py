@@ -7,20 +7,16 @@ from dataclasses import dataclass, field
 from . import checks
 
 
-def _non_negative_int(value: int) -> str | None:
-    return None if value >= 0 else f"expected an integer of at least 0, got {value!r}"
-
-
 @dataclass(frozen=True)
 class RateLimitConfig:
     """A token-bucket limit. 0 means unlimited."""
 
     #: Requests per minute.
-    rpm: int = field(default=0, metadata={"check": _non_negative_int})
+    rpm: int = field(default=0, metadata={"check": checks.non_negative_int})
     #: Extra requests allowed at once above the steady rate; 0: ``rpm / 6`` (10 seconds' worth), at least 1.
-    burst: int = field(default=0, metadata={"check": _non_negative_int})
+    burst: int = field(default=0, metadata={"check": checks.non_negative_int})
     #: Tokens per minute, estimated from the prompt up front and corrected from the upstream's usage.
-    tpm: int = field(default=0, metadata={"check": _non_negative_int})
+    tpm: int = field(default=0, metadata={"check": checks.non_negative_int})
 
 
 @dataclass(frozen=True)

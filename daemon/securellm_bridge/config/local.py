@@ -6,14 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from . import checks
-from .providers import _http_url
 
 Backend = Literal["llamacpp", "ollama"]
 EvictionPolicy = Literal["priority", "lru", "fifo"]
-
-
-def _non_negative_int(value: int) -> str | None:
-    return None if value >= 0 else f"expected an integer of at least 0, got {value!r}"
 
 
 def _absolute_paths(value: tuple[str, ...]) -> str | None:
@@ -45,7 +40,7 @@ class LocalModelConfig:
     #: Context size; unset: the largest that fits, up to the model's training context.
     ctx: int | None = field(default=None, metadata={"check": checks.positive})
     #: Layers offloaded to the GPU (``-ngl``); unset: as many as fit.
-    gpu_layers: int | None = field(default=None, metadata={"check": _non_negative_int})
+    gpu_layers: int | None = field(default=None, metadata={"check": checks.non_negative_int})
     #: Seconds without requests before the model is unloaded; 0: never unloaded for idleness.
     keep_alive: float = field(default=0.0, metadata={"check": checks.non_negative})
     #: Requests served at once (llama-server ``--parallel``).
@@ -90,7 +85,7 @@ class VramConfig:
     threshold_percent: float = field(default=90.0, metadata={"check": _percent})
     eviction_policy: EvictionPolicy = "lru"
     #: Memory left free on top of a model's estimate when deciding whether it fits.
-    headroom_mib: int = field(default=512, metadata={"check": _non_negative_int})
+    headroom_mib: int = field(default=512, metadata={"check": checks.non_negative_int})
     #: Unset: the real hardware (NVML, else system RAM). Set: a simulated GPU of this size.
     simulate_total_mib: int | None = field(default=None, metadata={"check": checks.positive})
 
@@ -110,7 +105,7 @@ class OllamaConfig:
     #: The ``ollama`` executable: a name looked up in PATH, or an absolute path.
     binary: str = field(default="ollama", metadata={"check": checks.non_empty})
     #: Attach to an ollama server already running here instead of supervising one.
-    url: str | None = field(default=None, metadata={"check": _http_url})
+    url: str | None = field(default=None, metadata={"check": checks.http_url})
     #: ``OLLAMA_MODELS`` of a supervised server; unset: ollama's default.
     models_dir: str | None = field(default=None, metadata={"check": checks.absolute_path})
 

@@ -24,19 +24,6 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 }
 
 
-def _http_url(value: str) -> str | None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"expected an http:// or https:// URL, got {value!r}"
-    if parts.query or parts.fragment or parts.username or parts.password:
-        return "expected a URL without query, fragment or credentials (put keys in api_key)"
-    return None
-
-
-def _non_negative_int(value: int) -> str | None:
-    return None if value >= 0 else f"expected an integer of at least 0, got {value!r}"
-
-
 @dataclass(frozen=True)
 class ModelCost:
     """``[providers.NAME.cost."MODEL"]``: price per million tokens."""
@@ -50,14 +37,14 @@ class ProviderConfig:
     """One upstream. ``deepseek`` is the ``openai`` protocol with DeepSeek's URL and prices."""
 
     kind: ProviderKind
-    base_url: str | None = field(default=None, metadata={"check": _http_url})
+    base_url: str | None = field(default=None, metadata={"check": checks.http_url})
     api_key: Secret | None = None
     models: tuple[str, ...] = ()
     #: Lower is preferred by the ``priority`` strategy and breaks ties in the others.
     priority: int = 100
     timeout_s: float = field(default=120.0, metadata={"check": checks.positive})
     #: Retries on the same provider before falling back to the next one.
-    max_retries: int = field(default=1, metadata={"check": _non_negative_int})
+    max_retries: int = field(default=1, metadata={"check": checks.non_negative_int})
     max_connections: int = field(default=64, metadata={"check": checks.positive})
     #: Whether ``local-first`` counts it as local; default: true for loopback URLs and ollama.
     local: bool | None = None
