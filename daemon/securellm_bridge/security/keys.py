@@ -20,6 +20,7 @@ from ..errors import AuthenticationFailed, InvalidRequest, NotFound
 from ..store import Database
 from ..store import keys as sql
 from ..store.keys import KeyRow
+from .dlp import DLP_MODES
 
 KEY_PREFIX = "sk-sllm-"
 _OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@ -]{0,127}$")
@@ -50,8 +51,8 @@ class KeyPolicy:
         if self.budget_period not in BUDGET_PERIODS:
             raise InvalidRequest(f"budget_period must be one of {', '.join(BUDGET_PERIODS)}",
                                  param="budget_period")
-        if self.dlp_mode not in (None, "off", "redact", "block"):
-            raise InvalidRequest("dlp_mode must be off, redact or block", param="dlp_mode")
+        if self.dlp_mode is not None and self.dlp_mode not in DLP_MODES:
+            raise InvalidRequest(f"dlp_mode must be one of {', '.join(DLP_MODES)}", param="dlp_mode")
         if self.strategy is not None and self.strategy not in STRATEGIES:
             raise InvalidRequest(f"strategy must be one of {', '.join(STRATEGIES)}", param="strategy")
 
