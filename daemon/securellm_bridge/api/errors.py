@@ -9,6 +9,7 @@ import math
 from aiohttp import web
 
 from ..errors import BridgeError, Kind
+from ..providers import openai_shapes
 from ..providers.base import UpstreamFailure
 
 STATUS: dict[Kind, tuple[int, str]] = {
@@ -27,7 +28,7 @@ STATUS: dict[Kind, tuple[int, str]] = {
 
 
 def error_body(message: str, err_type: str, code: str | None, param: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": err_type, "param": param, "code": code}}).encode()
+    return json.dumps(openai_shapes.error_body(message, err_type, code, param)).encode()
 
 
 def status_and_body(exc: BridgeError) -> tuple[int, bytes]:

@@ -8,7 +8,6 @@ scrapers need only a certificate.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiohttp import web
@@ -16,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from ..errors import BridgeError
 from ..local.views import vram_json
-from .errors import error_response
+from .errors import error_body, error_response
 from .principal import authenticate
 
 if TYPE_CHECKING:
@@ -93,9 +92,8 @@ def build_handler(rt: "Runtime") -> Handler:
             return await handler(request)
         allow = allowed.get(request.path)
         status, code = (405, "method_not_allowed") if allow else (404, "not_found")
-        body = {"error": {"message": f"no route for {request.method} {request.path}", "type": "invalid_request_error",
-                          "param": None, "code": code}}
-        return web.Response(status=status, text=json.dumps(body), content_type="application/json",
+        body = error_body(f"no route for {request.method} {request.path}", "invalid_request_error", code)
+        return web.Response(status=status, body=body, content_type="application/json",
                             headers={"Allow": allow} if allow else None)
 
     return dispatch

@@ -4,7 +4,6 @@ reload without dropping connections, and drains on stop."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 from http import HTTPStatus
@@ -15,6 +14,7 @@ from aiohttp import web, web_protocol
 from ..config.schema import Config
 from ..errors import StateError
 from ..security.tls import ContextHolder, build_server_context
+from .errors import error_body
 from .routes import build_handler
 
 if TYPE_CHECKING:
@@ -94,9 +94,8 @@ class _JsonErrorHandler(web_protocol.RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         plain = super().handle_error(request, status, exc, message)  # logs; closes the connection
         text = "internal error" if status >= 500 else (message or HTTPStatus(status).phrase).splitlines()[0][:300]
-        body = {"error": {"message": text, "type": "invalid_request_error" if status < 500 else "server_error",
-                          "param": None, "code": f"http_{status}"}}
-        resp = web.Response(status=plain.status, text=json.dumps(body), content_type="application/json")
+        body = error_body(text, "invalid_request_error" if status < 500 else "server_error", f"http_{status}")
+        resp = web.Response(status=plain.status, body=body, content_type="application/json")
         resp.force_close()
         return resp
 
