@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable, Protocol
 
 from ..errors import NotFound, Unavailable
 from .backends.states import StartupFailed
-from .estimate import InsufficientMemory, auto_params, estimate
+from .estimate import MIB, InsufficientMemory, auto_params, estimate
 from .events import Event, EventBus
 from .eviction import Resident, plan
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from .vram import MemoryMonitor
 
 log = logging.getLogger(__name__)
-MIB = 1024 * 1024
 IDLE_CHECK_SECONDS = 1.0
 Progress = Callable[[str, str, float], None]  # (stage, detail, percent or -1)
 

@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Unavailable
-from .vram import DeviceMemory, MemorySnapshot, Owner
+from .vram import MIB, DeviceMemory, MemorySnapshot, Owner
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler, Slot
     from .service import LocalModels
-
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ from typing import Literal, Protocol
 
 from ..config.local import VramConfig
 from ..errors import Unavailable
+from .estimate import MIB
 
 log = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
 Mode = Literal["gpu", "cpu", "simulated"]
 #: A process id, or a name for memory that has no process (yet).
 Owner = int | str
