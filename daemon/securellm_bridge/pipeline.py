@@ -60,7 +60,6 @@ class Exchange:
     redactions: int = 0
     injection_rules: tuple[str, ...] = ()
     error_code: str | None = None
-    dlp_types: tuple[str, ...] = ()
     redacted_types: tuple[str, ...] = ()
     client_subject: str | None = None
     prompt: str | None = None
@@ -230,10 +229,11 @@ class Pipeline:
             found = dlp.apply(body, mode)  # type: ignore[arg-type]
             if found.counts:
                 ex.redactions = sum(found.counts.values())
-                ex.dlp_types = tuple(sorted(found.counts))
                 ex.redacted_types = tuple(f"{kind}:{n}" for kind, n in sorted(found.counts.items()))
                 metrics.count_redactions(found.counts)
                 if found.blocked:
+                    self.rt.audit.security("dlp_blocked", request_id=ex.request_id, route=ex.route,
+                                           key_id=principal.key_id, detectors=sorted(found.counts))
                     raise dlp.blocked_error(found)
                 modified = True
         if cfg.security.injection.mode != "off":
@@ -292,9 +292,6 @@ class Pipeline:
             metrics.RATE_LIMITED.labels(scope).inc()
             audit.security("rate_limited", request_id=ex.request_id, route=ex.route, limit=scope,
                            key_id=ex.principal.key_id if ex.principal else None)
-        elif exc.code == "dlp_blocked":
-            audit.security("dlp_blocked", request_id=ex.request_id, route=ex.route,
-                           key_id=ex.principal.key_id if ex.principal else None, detectors=list(ex.dlp_types))
 
     def _finish(self, ex: Exchange, resp: web.StreamResponse) -> web.StreamResponse:
         ex.status = ex.status or resp.status
