@@ -22,6 +22,8 @@ import socket
 import struct
 from typing import Mapping
 
+from .pipe import write_all
+
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 SEND_TIMEOUT_S = 2.0
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
@@ -77,9 +79,7 @@ class JournalSink:
     def _send_memfd(self, payload: bytes) -> None:
         fd = os.memfd_create("securellm-audit", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
         try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, payload)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
             self._socket().sendmsg([], rights, 0, self.socket_path)

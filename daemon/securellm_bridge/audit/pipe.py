@@ -114,7 +114,7 @@ class Frames:
 
 
 def write_all(fd: int, data: bytes) -> None:
-    """Write ``data`` to a blocking fd (the writer process's end)."""
+    """Write all of ``data`` to a blocking fd (os.write may take only part of it)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]

@@ -1,4 +1,4 @@
-"""The JSONL file sink, with rotation by day or size and retention; used by the writer thread only."""
+"""The JSONL file sink, with rotation by day or size and retention; used by the writer process only."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import re
 import time
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
+
+from .pipe import write_all
 
 DAY_S = 86400
 _STAMP_RE = re.compile(r"^\.\d{8}T\d{12}Z$")
@@ -95,10 +97,7 @@ class FileSink:
         if not chunks:
             return
         data = b"".join(chunks)
-        fd = self._open()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(self._open(), data)
         self._size += len(data)
 
     def _rotate(self) -> None:

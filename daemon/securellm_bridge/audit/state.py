@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from ..errors import StateError
 from .chain import GENESIS, is_chain_value
+from .pipe import write_all
 
 STATE_FILE = "audit.state"
 VERSION = 1
@@ -63,10 +64,7 @@ class StateFile:
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            payload = f'{head[:-1]},"pending":{pending_json}}}'.encode("utf-8")
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, f'{head[:-1]},"pending":{pending_json}}}'.encode("utf-8"))
             if durable:
                 os.fsync(fd)
         finally:
