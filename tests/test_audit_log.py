@@ -173,7 +173,7 @@ def test_daily_rotation_and_retention(tmp_path: Path) -> None:
     path.write_text('{"from": "yesterday"}\n')
     os.utime(path, (time.time() - 86400,) * 2)
     sink = FileSink(path, "daily", retention_days=30)
-    sink.write([{"SECURELLM_SEQ": "1"}])
+    sink.write_lines(['{"SECURELLM_SEQ":"1"}'])
     sink.close()
     assert not old.exists() and recent.exists() and unrelated.exists()
     rotated = rotated_files(path)

@@ -129,7 +129,7 @@ class Delivery:
         """Send ``records`` to journald, and to the file (all, or those journald did not take);
         ``lines`` are their JSONL lines when already rendered."""
         if lines is None:
-            lines = [to_line(fields)[:-1] for fields in records]
+            lines = [to_line(fields) for fields in records]
         missed: list[int] = []
         journal_ok = True
         for i, fields in enumerate(records):

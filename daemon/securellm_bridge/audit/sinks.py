@@ -17,7 +17,8 @@ _STAMP_RE = re.compile(r"^\.\d{8}T\d{12}Z$")
 
 
 def to_line(fields: Mapping[str, str]) -> str:
-    return json.dumps(dict(fields), ensure_ascii=False, separators=(",", ":")) + "\n"
+    """A record as its JSONL line, without the newline (``write_lines`` adds it)."""
+    return json.dumps(dict(fields), ensure_ascii=False, separators=(",", ":"))
 
 
 def rotated_files(path: Path) -> list[Path]:
@@ -61,12 +62,9 @@ class FileSink:
             self._expire()
         return self._fd
 
-    def write(self, records: Sequence[Mapping[str, str]]) -> None:
-        """Append records (one ``write`` per batch unless a rotation falls inside it)."""
-        self.write_lines([to_line(fields)[:-1] for fields in records])
-
     def write_lines(self, lines: Sequence[str]) -> None:
-        """Append records already rendered as JSON objects (``to_line`` without its newline)."""
+        """Append records rendered as JSON objects (``to_line``): one ``write`` per batch unless
+        a rotation falls inside it."""
         self._open()
         pending: list[bytes] = []
         pending_size = 0
