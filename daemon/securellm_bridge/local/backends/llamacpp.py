@@ -87,6 +87,10 @@ class LoadProgress:
     line: str
 
 
+def _bind_failed(tail: Sequence[str]) -> bool:
+    return any(_BIND_FAILED in line for line in tail)
+
+
 def check_extra_args(extra_args: Sequence[str]) -> tuple[str, ...]:
     """``extra_args`` as a tuple; :class:`InvalidRequest` when one sets a managed option."""
     clashes = sorted({a.split("=", 1)[0] for a in extra_args} & MANAGED_OPTIONS)
@@ -121,7 +125,6 @@ class LlamaCppBackend:
         self.log_level = log_level
         self._pick_port = pick_port
         self._port: int | None = None
-        self._bind_failed = False
         self._api_key: str | None = None
         self._load_lines: list[str] = []
         self._buffers: list[BufferSize] = []
@@ -130,7 +133,7 @@ class LlamaCppBackend:
         self.process = SupervisedProcess(
             name, self._launch, self._healthy, program="llama-server", logger=log,
             ready_timeout=ready_timeout, probe_interval=0.01, grace=grace, policy=restart_policy, parse=self._parse,
-            retryable=lambda tail: any(_BIND_FAILED in line for line in tail),
+            retryable=_bind_failed,
             registry=registry)
         self.process.on_output(self._watch_load)
 
@@ -207,8 +210,8 @@ class LlamaCppBackend:
             yield
 
     def _launch(self) -> Launch:
-        if self._port is None or self._bind_failed:
-            self._port, self._bind_failed = self._pick_port(self.host), False
+        if self._port is None or _bind_failed(self.process.log_tail):  # the last process's output
+            self._port = self._pick_port(self.host)
         self._api_key = secrets.token_urlsafe(32)
         self._load_lines.clear()
         self._buffers.clear()
@@ -240,8 +243,6 @@ class LlamaCppBackend:
         return level, _MASKED_KEY.sub(r"\1<redacted>", text)
 
     def _watch_load(self, line: OutputLine) -> None:
-        if _BIND_FAILED in line.text:
-            self._bind_failed = True
         for device, kind, mib in _BUFFER.findall(line.text):
             self._buffers.append(BufferSize(device, kind, float(mib)))
             self._load_lines.append(line.text)

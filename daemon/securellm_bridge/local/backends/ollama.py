@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +31,6 @@ from securellm_bridge.errors import (Conflict, InvalidRequest, NotFound, Unavail
                                      UpstreamError, UpstreamTimeout)
 
 from .children import ChildRegistry, child_environment
-from .output import OutputLine
 from .ports import free_port, require_loopback, url_host
 from .process import SupervisedProcess
 from .states import Launch, ProcessEvent, RestartPolicy, State
@@ -76,6 +75,10 @@ def parse_line(line: str) -> tuple[int, str]:
     return (logging.ERROR if line.startswith("Error:") else logging.INFO), line
 
 
+def _bind_failed(tail: Sequence[str]) -> bool:
+    return any(_BIND_FAILED in line for line in tail)
+
+
 def _timestamp(value: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(value) if isinstance(value, str) else None
@@ -109,7 +112,6 @@ class OllamaServer:
         self._env = dict(env or {})
         self._pick_port = pick_port
         self._port = pick_port(self.host) if url is None else None
-        self._bind_failed = False
         self._url = url.rstrip("/") if url is not None else None
         if self._url is not None and urlsplit(self._url).scheme not in ("http", "https"):
             raise InvalidRequest(f"ollama url must be http(s)://..., not {url!r}", param="url")
@@ -118,10 +120,8 @@ class OllamaServer:
         self.process = None if binary is None else SupervisedProcess(
             name, self._launch, self._healthy, program="ollama", logger=log,
             ready_timeout=ready_timeout, grace=grace, policy=restart_policy, parse=parse_line,
-            retryable=lambda tail: any(_BIND_FAILED in line for line in tail),
+            retryable=_bind_failed,
             registry=registry)
-        if self.process is not None:
-            self.process.on_output(self._watch_bind)
         self._attached_ready = False
 
     def __repr__(self) -> str:
@@ -239,17 +239,13 @@ class OllamaServer:
         raise UpstreamError(message)
 
     def _launch(self) -> Launch:
-        assert self._binary is not None
-        if self._bind_failed:
-            self._port, self._bind_failed = self._pick_port(self.host), False
+        assert self._binary is not None and self.process is not None
+        if _bind_failed(self.process.log_tail):  # the last process's output
+            self._port = self._pick_port(self.host)
         env = {**self._env, "OLLAMA_HOST": f"{url_host(self.host)}:{self._port}"}
         if self.models_dir is not None:
             env["OLLAMA_MODELS"] = str(self.models_dir)
         return Launch((self._binary, "serve"), child_environment(env))
-
-    def _watch_bind(self, line: OutputLine) -> None:
-        if _BIND_FAILED in line.text:
-            self._bind_failed = True
 
     async def _healthy(self) -> bool:
         if self._session is None:

@@ -38,7 +38,8 @@ _EXIT_OUTPUT_WAIT = 1.0
 class SupervisedProcess:
     """Runs ``launch()`` until stopped; see the module docstring for the states.
 
-    ``launch`` is called before every (re)start, so a backend can pick a new port and key.
+    ``launch`` is called before every (re)start, so a backend can pick a new port and key;
+    :attr:`log_tail` still holds the previous process's output then.
     ``probe`` answers whether the child is ready (it may raise ``OSError``/``TimeoutError``,
     read as "not yet"); it is polled every ``probe_interval`` up to ``ready_timeout``.
     ``parse`` turns one line of output into a log level and the text to log (redacting
