@@ -273,7 +273,7 @@ class Pipeline:
         total = usage.total_tokens
         if reservation is not None:
             reservation.settle(total)
-        outcome.provider_reservation.settle(total)  # type: ignore[attr-defined]
+        outcome.provider_reservation.settle(total)
         key_id = ex.principal.key_id if ex.principal else None
         self.rt.usage.record(key_id, ex.provider, cand.model, usage.prompt_tokens, usage.completion_tokens, ex.cost)
         metrics.count_tokens(ex.provider, ex.model, usage.prompt_tokens, usage.completion_tokens, ex.cost)

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, TypeVar
 
 from .. import metrics
-from ..config.providers import ModelCost, ProviderConfig, RouterConfig, Strategy
+from ..config.providers import ModelCost, RouterConfig, Strategy
 from ..errors import NotFound, RateLimited, Unavailable
 from ..providers.base import Provider, UpstreamFailure
+from ..security.ratelimit import Reservation
 from .breaker import CircuitBreaker
 from .pricing import cost, model_cost
 from .stats import ProviderStats
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ..local.provider import LocalProvider as LocalModels
 
 T = TypeVar("T")
-AdmitProvider = Callable[[str, int], object]
+AdmitProvider = Callable[[str, int], Reservation]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +42,12 @@ class Candidate:
 
 @dataclass(slots=True)
 class Outcome:
-    """Which candidate answered, and how many retries and fallbacks it took."""
+    """Which candidate answered, whether it was a fallback, and its provider-limit reservation."""
 
     candidate: Candidate
-    retries: int
     fallback: bool
     upstream_seconds: float
-    provider_reservation: object
+    provider_reservation: Reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +130,6 @@ class Router:
     async def run(self, candidates: list[Candidate], attempt: Callable[[Candidate], Awaitable[T]],
                   admit_provider: AdmitProvider, est_tokens: int) -> tuple[T, Outcome]:
         last: Exception | None = None
-        retries = 0
         for index, cand in enumerate(candidates):
             name = cand.provider.name
             if not cand.stats.breaker.allow():
@@ -151,23 +150,22 @@ class Router:
                     cand.stats.fail(exc.message)
                     last = exc
                     if not exc.retryable:
-                        reservation.settle(0)  # type: ignore[attr-defined]
+                        reservation.settle(0)
                         raise
                     delay = self._backoff(n, exc.retry_after)
                     if n == max_retries or delay is None or not cand.stats.breaker.allow():
                         break
-                    retries += 1
                     metrics.RETRIES.labels(name).inc()
                     await asyncio.sleep(delay)
                     continue
                 except BaseException:
                     cand.stats.breaker.release()
-                    reservation.settle(0)  # type: ignore[attr-defined]
+                    reservation.settle(0)
                     raise
                 elapsed = time.monotonic() - started
                 cand.stats.observe(elapsed)
-                return result, Outcome(cand, retries, index > 0, elapsed, reservation)
-            reservation.settle(0)  # type: ignore[attr-defined]  # nothing was served: refund the estimate
+                return result, Outcome(cand, index > 0, elapsed, reservation)
+            reservation.settle(0)  # nothing was served: refund the estimate
         if last is None:
             raise Unavailable("no provider is available for this model", retry_after=1)
         raise last
@@ -191,9 +189,9 @@ def order(found: list[Candidate], strategy: Strategy, est_prompt: int, est_compl
     if strategy == "priority":
         return sorted(found, key=prio)
     if strategy == "local-first":
-        return sorted(found, key=lambda c: (not _local(c.provider.cfg), prio(c)))
+        return sorted(found, key=lambda c: (not c.provider.cfg.is_local, prio(c)))
     if strategy == "cloud-first":
-        return sorted(found, key=lambda c: (_local(c.provider.cfg), prio(c)))
+        return sorted(found, key=lambda c: (c.provider.cfg.is_local, prio(c)))
     if strategy == "cost-optimized":
         return sorted(found, key=lambda c: (cost(c.price, est_prompt, est_completion), prio(c)))
     if strategy == "latency-optimized":
@@ -202,7 +200,3 @@ def order(found: list[Candidate], strategy: Strategy, est_prompt: int, est_compl
     ranked = sorted(found, key=prio)  # round-robin over the priority order
     k = turn % len(ranked)
     return ranked[k:] + ranked[:k]
-
-
-def _local(cfg: ProviderConfig) -> bool:
-    return cfg.is_local
