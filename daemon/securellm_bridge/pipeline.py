@@ -28,12 +28,12 @@ from .config.schema import Config
 from .errors import (AuthenticationFailed, BridgeError, InvalidRequest, PayloadTooLarge, RateLimited, Unavailable,
                      UpstreamTimeout)
 from .providers.base import Call, Route, UpstreamFailure, UpstreamStream
-from .providers.openai_shapes import TokenUsage
+from .providers.openai_shapes import TokenUsage, include_usage, max_tokens
 from .providers.sse import SSE_DONE
 from .router.pricing import cost
 from .router.router import Candidate, Outcome, Router
 from .security import dlp, injection
-from .security.ratelimit import estimate_tokens
+from .security.ratelimit import Reservation, estimate_tokens
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -134,12 +134,10 @@ class Pipeline:
         if audit_cfg.log_requests:
             ex.prompt = json.dumps(body.get("messages") or body.get("prompt") or body.get("input"))
         strategy = self._strategy(request, cfg, principal)
-        max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+        max_out = max_tokens(body) or 256
         candidates = router.candidates(model, ex.route, strategy, est, max_out)
         stream = bool(body.get("stream"))
-        opts = body.get("stream_options") or {}
-        call = Call(ex.request_id, ex.route, model, body, passthrough, stream, bool(opts.get("include_usage")),
-                    int(time.time()))
+        call = Call(ex.request_id, ex.route, model, body, passthrough, stream, include_usage(body), int(time.time()))
 
         def attempt_call(c: Candidate) -> Call:
             if c.model == model:
@@ -162,7 +160,7 @@ class Pipeline:
             raise
 
     async def _stream(self, request: web.BaseRequest, ex: Exchange, router: Router, candidates: list[Candidate],
-                      attempt_call: Any, est: int, reservation: Any) -> web.StreamResponse:
+                      attempt_call: Any, est: int, reservation: Reservation) -> web.StreamResponse:
         async def open_and_peek(c: Candidate) -> tuple[UpstreamStream, Any, bytes]:
             # Retry and fallback stay possible until the first byte: peek it before answering.
             upstream = await c.provider.open_stream(attempt_call(c))
@@ -262,7 +260,7 @@ class Pipeline:
                                  f"({', '.join(cfg.router.allowed_strategies)})", param=STRATEGY_HEADER)
         return wanted
 
-    def _settle(self, ex: Exchange, usage: TokenUsage, reservation: Any) -> None:
+    def _settle(self, ex: Exchange, usage: TokenUsage, reservation: Reservation) -> None:
         ex.usage = usage
         outcome = ex.outcome
         if outcome is None:
@@ -271,8 +269,7 @@ class Pipeline:
         ex.provider = cand.provider.name
         ex.cost = cost(cand.price, usage.prompt_tokens, usage.completion_tokens)
         total = usage.total_tokens
-        if reservation is not None:
-            reservation.settle(total)
+        reservation.settle(total)
         outcome.provider_reservation.settle(total)
         key_id = ex.principal.key_id if ex.principal else None
         self.rt.usage.record(key_id, ex.provider, cand.model, usage.prompt_tokens, usage.completion_tokens, ex.cost)
