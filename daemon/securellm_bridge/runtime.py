@@ -19,6 +19,7 @@ from . import logs
 from .audit import AuditLog
 from .config import LoadedConfig
 from .config.binder import toml_name
+from .config.limits import RateLimitConfig
 from .config.secrets import Secret
 from .control.server import ControlServer
 from .api.server import HttpServer
@@ -104,7 +105,7 @@ class Runtime:
         self.keys = KeyService(self.db)
         self.usage = UsageRecorder(self.db)
         await self.keys.load()
-        self.limiter = _limiter(cfg)
+        self.limiter = RateLimiter(*_rate_limits(cfg))
         self.notifier.status("Scanning local models")
         self.local = LocalModels(cfg, self.db)
         await self.local.start()
@@ -150,8 +151,7 @@ class Runtime:
                                      local=self.local.provider)
                 asyncio.get_running_loop().call_later(
                     cfg.limits.request_timeout_seconds, lambda: asyncio.ensure_future(_close(old_router)))
-            self.limiter.reconfigure(cfg.limits.global_, cfg.limits.key,
-                                     {n: p.rate_limit for n, p in cfg.providers.items()})
+            self.limiter.reconfigure(*_rate_limits(cfg))
             if self.local is not None:
                 self.local.reconfigure(cfg)
             if restart:
@@ -194,8 +194,9 @@ class Runtime:
                 log.exception("flushing key usage failed; will retry")
 
 
-def _limiter(cfg: config_mod.Config) -> RateLimiter:
-    return RateLimiter(cfg.limits.global_, cfg.limits.key, {n: p.rate_limit for n, p in cfg.providers.items()})
+def _rate_limits(cfg: config_mod.Config) -> tuple[RateLimitConfig, RateLimitConfig, dict[str, RateLimitConfig]]:
+    """The global, per-key default and per-provider limits, as :class:`RateLimiter` takes them."""
+    return cfg.limits.global_, cfg.limits.key, {n: p.rate_limit for n, p in cfg.providers.items()}
 
 
 async def _start_providers(cfg: config_mod.Config) -> dict[str, Provider]:
