@@ -37,7 +37,7 @@ class OpenAIProvider:
         self.cfg = cfg
         self._client: UpstreamClient | None = None
         self._urls = {route: cfg.url + path for route, path in PATHS.items()}
-        self._headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        self._headers = {"Content-Type": "application/json"}
         if cfg.api_key is not None:
             self._headers["Authorization"] = f"Bearer {cfg.api_key.reveal()}"
 
