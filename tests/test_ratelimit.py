@@ -257,5 +257,7 @@ def test_estimate_tokens() -> None:
     assert estimate_tokens(body) == 21 + 100  # ceil(81 / 4) + max_tokens
     assert estimate_tokens({"prompt": ["abcd", "efgh"], "max_completion_tokens": 5}) == 7
     assert estimate_tokens({"input": "abc"}) == 1
+    assert estimate_tokens({"max_completion_tokens": 7, "max_tokens": 100}) == 7  # as openai_shapes.max_tokens
+    assert estimate_tokens({"max_completion_tokens": None, "max_tokens": 100}) == 100
     assert estimate_tokens({"messages": "nope", "max_tokens": True}) == 0
     assert estimate_tokens({}) == 0

@@ -291,7 +291,8 @@ def _limited(scope: str, what: str, wait: float) -> RateLimited:
 
 def estimate_tokens(body: Mapping[str, Any]) -> int:
     """A rough token count for a chat/completions/embeddings request: characters / 4 of its
-    text (messages, prompt, input, system) plus ``max_tokens``. Malformed parts count 0."""
+    text (messages, prompt, input, system) plus ``max_completion_tokens`` (else the legacy
+    ``max_tokens``), as :func:`~..providers.openai_shapes.max_tokens` reads it. Malformed parts count 0."""
     chars = 0
     messages = body.get("messages")
     if isinstance(messages, list):
@@ -300,7 +301,7 @@ def estimate_tokens(body: Mapping[str, Any]) -> int:
                 chars += _text_chars(message.get("content"))
     for field in ("prompt", "input", "system"):
         chars += _text_chars(body.get(field))
-    out = body.get("max_tokens", body.get("max_completion_tokens"))
+    out = body.get("max_completion_tokens") or body.get("max_tokens")
     out_tokens = out if isinstance(out, int) and not isinstance(out, bool) and out > 0 else 0
     return -(-chars // CHARS_PER_TOKEN) + out_tokens
 
