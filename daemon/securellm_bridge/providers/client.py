@@ -292,7 +292,7 @@ class UpstreamClient:
             try:
                 async with asyncio.timeout(self._connect_timeout):
                     _, conn = await loop.create_connection(
-                        lambda: Connection(loop, origin, self._read_timeout, self._idle_lost), host, port,
+                        lambda: Connection(loop, origin, self._read_timeout, self._discard), host, port,
                         ssl=ctx, server_hostname=host if ctx is not None else None)
             except TimeoutError:
                 raise TimeoutError("upstream connect timed out") from None
@@ -341,10 +341,6 @@ class UpstreamClient:
             self._conns.discard(conn)
             if wake:
                 self._wake_one()
-
-    def _idle_lost(self, conn: Connection) -> None:
-        """The server closed an idle connection: forget it and free its slot."""
-        self._discard(conn)
 
     def _wake_one(self) -> None:
         while self._waiters:
