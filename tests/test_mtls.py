@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import ssl
 import warnings
 from pathlib import Path
@@ -14,11 +15,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from securellmctl.certs import init_dir, revoke_client, issue_client
+from securellmctl.certs import issue_client, revoke_client
 
 from . import certutil
-from .bridge import Bridge, chat, client_ssl, https_address, start_bridge
-from .upstreams import FakeUpstream
+from .bridge import Bridge, client_ssl, https_address, start_bridge
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +69,6 @@ def test_tls12_floor_and_tls13_preferred(bridge: Bridge) -> None:
     d = bridge.daemon
     host, port = https_address(d).rsplit(":", 1)
     ctx = client_ssl(d, d.certs.client_cert, d.certs.client_key)
-    import socket
-
     with socket.create_connection((host, int(port))) as raw, ctx.wrap_socket(raw, server_hostname="localhost") as s:
         assert s.version() == "TLSv1.3"
     old = client_ssl(d, d.certs.client_cert, d.certs.client_key)
@@ -121,8 +119,6 @@ def test_sighup_rotates_server_cert_and_crl_without_dropping_connections(make_da
 
 
 def _server_serial(b: Bridge, ctx: ssl.SSLContext) -> int:
-    import socket
-
     host, port = https_address(b.daemon).rsplit(":", 1)
     with socket.create_connection((host, int(port))) as raw, ctx.wrap_socket(raw, server_hostname="localhost") as s:
         der = s.getpeercert(binary_form=True)
