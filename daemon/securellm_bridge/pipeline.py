@@ -284,7 +284,7 @@ class Pipeline:
         if isinstance(exc, AuthenticationFailed):
             audit.security("auth_failure", request_id=ex.request_id, route=ex.route, reason=exc.code,
                            client_subject=client_subject(request))
-        elif isinstance(exc, RateLimited) and not isinstance(exc, UpstreamFailure):
+        elif isinstance(exc, RateLimited):
             scope = "budget" if exc.code == "budget_exceeded" else "rate"
             metrics.RATE_LIMITED.labels(scope).inc()
             audit.security("rate_limited", request_id=ex.request_id, route=ex.route, limit=scope,
