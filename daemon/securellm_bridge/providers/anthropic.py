@@ -11,7 +11,7 @@ from .anthropic_translate import (AnthropicStreamTranslator, anthropic_error_to_
                                   chat_to_anthropic)
 from .base import Call, Reply, UpstreamFailure
 from .client import Response, UpstreamClient
-from .http import TRANSPORT_ERRORS, json_object, make_client, malformed, post, read, transport_failure
+from .http import TRANSPORT_ERRORS, json_object, make_client, malformed, post, read, transport_failure, usage_from
 from .openai_shapes import TokenUsage
 from .sse import SSE_DONE, SSEParser, encode_json_sse
 
@@ -54,9 +54,7 @@ class AnthropicProvider:
                                     request_id=call.request_id)
         except (AttributeError, UpstreamError):
             raise malformed(self.name, "a malformed Messages response") from None
-        usage = out["usage"]
-        return Reply(200, json.dumps(out).encode(),
-                     TokenUsage(usage["prompt_tokens"], usage["completion_tokens"]))
+        return Reply(200, json.dumps(out).encode(), usage_from(out["usage"]))
 
     async def open_stream(self, call: Call) -> "AnthropicStream":
         resp = await self._post(call, stream=True)

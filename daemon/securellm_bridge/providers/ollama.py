@@ -9,7 +9,7 @@ from ..config.providers import ProviderConfig
 from ..errors import UpstreamError
 from .base import Call, Reply, UpstreamFailure
 from .client import Response, UpstreamClient
-from .http import TRANSPORT_ERRORS, json_object, make_client, malformed, post, read, transport_failure
+from .http import TRANSPORT_ERRORS, json_object, make_client, malformed, post, read, transport_failure, usage_from
 from .ollama_translate import (OllamaStreamTranslator, chat_to_ollama, embeddings_to_ollama, ollama_error_to_openai,
                                ollama_to_chat, ollama_to_embeddings)
 from .openai_shapes import TokenUsage
@@ -53,15 +53,13 @@ class OllamaProvider:
                     {**call.body, "model": call.model})))
                 out = ollama_to_embeddings(parsed, client_model,
                                            encoding_format=call.body.get("encoding_format") or "float")
-                usage = TokenUsage(out["usage"]["prompt_tokens"], 0)
             else:
                 parsed = await self._read_json(await self._post("/api/chat", chat_to_ollama(
                     {**call.body, "model": call.model, "stream": False})))
                 out = ollama_to_chat(parsed, model=client_model, created=call.created, request_id=call.request_id)
-                usage = TokenUsage(out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
         except UpstreamError as exc:
             raise malformed(self.name, exc.message) from None
-        return Reply(200, json.dumps(out).encode(), usage)
+        return Reply(200, json.dumps(out).encode(), usage_from(out["usage"]))
 
     async def open_stream(self, call: Call) -> "OllamaStream":
         resp = await self._post("/api/chat", chat_to_ollama({**call.body, "model": call.model, "stream": True}))
