@@ -6,7 +6,7 @@ and serves until SIGTERM. Answers are deterministic functions of the request (th
 echoes the last message) so that tests can assert on them; :mod:`.behaviour` scripts faults.
 
 This module holds what the three fakes share: the reply plan, token counting, embeddings,
-and the two ways of serving an app (in-process :func:`running`, or :func:`main`).
+compact JSON, and the two ways of serving an app (in-process :func:`running`, or :func:`main`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import re
 import signal
@@ -70,6 +71,11 @@ def content_text(content: Any) -> str:
         return " ".join(content_text(p.get("text", p.get("content")))
                         for p in content if isinstance(p, dict))
     return ""
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON, as the real upstreams send it."""
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def fake_embedding(text: str, dimensions: int) -> list[float]:

@@ -14,12 +14,12 @@ forced tool, else the first one, with ``{"input": <last message text>}``.
 from __future__ import annotations
 
 import itertools
-import json
 from typing import Any
 
 from aiohttp import web
 
 from . import Reply, content_text, count_tokens, main, plan_reply
+from . import dumps as _dumps
 from .behaviour import Behaviour, Fault, add_control_routes, begin, status_headers, stream
 
 DEFAULT_MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
@@ -48,11 +48,7 @@ _SSE = "text/event-stream; charset=utf-8"
 
 
 def _compact(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
-
-
-def _dumps(obj: Any) -> bytes:
-    return _compact(obj).encode()
+    return _dumps(obj).decode()
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:

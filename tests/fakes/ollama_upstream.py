@@ -17,7 +17,6 @@ authenticating proxy).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from . import content_text, count_tokens, fake_embedding, main, plan_reply
+from . import dumps as _dumps
 from .behaviour import Behaviour, Fault, add_control_routes, begin, status_headers, stream
 
 DEFAULT_MODELS = ("llama3.2:1b", "qwen2.5:0.5b", "nomic-embed-text:latest")
@@ -43,10 +43,6 @@ _ERROR_FRAME = b'{"error":"an error was encountered while running the model: une
 _MALFORMED_FRAME = b'{"model":"broken","created_at":"2024-01-01T00:00:00Z","message":{"role":\n'
 _MALFORMED_BODY = b'{"model":"broken","message":{"role":"assistant","content":'
 _NDJSON = "application/x-ndjson"
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

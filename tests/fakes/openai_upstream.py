@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from . import Reply, content_text, count_tokens, fake_embedding, main, plan_reply
+from . import dumps as _dumps
 from .behaviour import Behaviour, Fault, add_control_routes, begin, status_headers, stream
 
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
@@ -50,10 +51,6 @@ class _ToolCall:
     id: str
     name: str
     arguments: str
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def _error(status: int, message: str, err_type: str, code: str | None, param: str | None = None,
