@@ -18,7 +18,7 @@ from ..providers.ollama import OllamaProvider
 from ..providers.openai import PATHS, OpenAIProvider
 from .backends.llamacpp import LlamaCppBackend
 from .backends.ollama import OllamaServer
-from .backends.states import ProcessEvent, State
+from .backends.states import ProcessEvent
 
 
 def _cfg(name: str, kind: str, url: str) -> ProviderConfig:
@@ -89,14 +89,12 @@ class OllamaInstance:
 
     kind = "ollama"
 
-    def __init__(self, server: OllamaServer, model: str, keep_alive: float,
+    def __init__(self, server: OllamaServer, model: str,
                  ensure_started: Callable[[], Awaitable[OllamaServer]]) -> None:
         self.server = server
         self._ensure_started = ensure_started
         self.model = model
-        self.keep_alive = keep_alive
         self.provider = OllamaProvider(f"local:{model}", _cfg(model, "ollama", server.base_url))
-        self._in_flight = 0
 
     @property
     def pid(self) -> int | None:
@@ -104,7 +102,7 @@ class OllamaInstance:
 
     @property
     def state(self) -> str:
-        return State.READY.value if self.server.state == State.READY else self.server.state.value
+        return self.server.state.value
 
     def on_event(self, callback: Callable[[ProcessEvent], None]) -> Callable[[], None]:
         return self.server.on_event(callback)
@@ -117,11 +115,7 @@ class OllamaInstance:
 
     @asynccontextmanager
     async def use(self) -> AsyncIterator[None]:
-        self._in_flight += 1
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
+        yield  # requests in flight are counted by the scheduler (Slot.in_flight)
 
     async def stop(self, grace: float) -> None:
         await self.provider.close()

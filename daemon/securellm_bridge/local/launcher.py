@@ -61,7 +61,7 @@ class Launcher:
 
     def __call__(self, entry: ModelEntry, gpu_layers: int, ctx: int) -> LlamaInstance | OllamaInstance:
         if entry.backend == "ollama":
-            return OllamaInstance(self.ollama.server(), entry.name, entry.keep_alive, self.ollama.ensure_started)
+            return OllamaInstance(self.ollama.server(), entry.name, self.ollama.ensure_started)
         backend = LlamaCppBackend(entry.name, entry.path, binary=find_binary(self.backends.llamacpp.binary, "llamacpp"),
                                   ctx=ctx, gpu_layers=gpu_layers, parallel=entry.parallel,
                                   extra_args=entry.extra_args, ready_timeout=self.ready_timeout,

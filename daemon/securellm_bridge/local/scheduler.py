@@ -155,12 +155,6 @@ class Scheduler:
             raise NotFound(f"local model {name!r} is not loaded", code="model_not_loaded")
         await self._unload(name, reason, self.cfg.server.drain_timeout_seconds)
 
-    async def switch(self, old: str, new: str, progress: Progress | None = None) -> Slot:
-        """Hot swap: unload ``old`` once idle, then load ``new`` (memory is freed first)."""
-        if old in self.slots:
-            await self._unload(old, f"switched to {new}", self.cfg.server.drain_timeout_seconds)
-        return await self.load(new, progress=progress)
-
     async def _loader(self) -> None:
         while True:
             job = await self._queue.get()
