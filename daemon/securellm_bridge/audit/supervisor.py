@@ -238,18 +238,19 @@ class Supervisor:
 
     def _cannot_start(self, reason: str) -> None:
         delay = self._schedule_restart()
+        self._count_unwritten()
+        log.critical("the audit writer process cannot be started: %s; %d audit records wait unwritten in memory; "
+                     "retrying in %.1f s", reason, self.unacknowledged, delay)
+
+    def _count_unwritten(self) -> None:
+        """Count the unacknowledged records not counted yet in ``securellm_audit_errors_total``."""
         uncounted = self._next - 1 - max(self._counted, self._acked)
         if uncounted > 0:
             ERRORS.inc(uncounted)
             self._counted = self._next - 1
-        log.critical("the audit writer process cannot be started: %s; %d audit records wait unwritten in memory; "
-                     "retrying in %.1f s", reason, self.unacknowledged, delay)
 
     def _lost(self, why: str, *, in_flight: bool) -> None:
-        uncounted = self._next - 1 - max(self._counted, self._acked)
-        if uncounted > 0:
-            ERRORS.inc(uncounted)
-        self._counted = self._next - 1
+        self._count_unwritten()
         state = Path(self._settings["state_dir"]) / STATE_FILE if self._settings else STATE_FILE
         log.error("%s: %d audit records were not confirmed written%s", why, self.unacknowledged,
                   f"; the batch in flight stays in {state} and is re-sent at the next start" if in_flight else "")
