@@ -70,8 +70,8 @@ def test_concurrent_requests_share_one_load(make_daemon: Callable[..., Any], tmp
 def test_keep_alive_unloads_idle_model(make_daemon: Callable[..., Any], tmp_path: Path) -> None:
     b = _bridge(make_daemon, tmp_path, per_model={"tiny-a": {"keep_alive": 1.0}})
     assert b.post("/v1/chat/completions", chat("tiny-a", max_tokens=4)).status_code == 200
+    pid = llama_servers(b.daemon.proc.pid)["tiny-a"]  # type: ignore[union-attr]  # before it idles out
     assert b.post("/v1/chat/completions", chat("tiny-b", max_tokens=4)).status_code == 200
-    pid = llama_servers(b.daemon.proc.pid)["tiny-a"]  # type: ignore[union-attr]
     _wait(lambda: not alive(pid))
     assert _loaded(b) == {"tiny-b"}  # keep_alive 0: never unloaded for idleness
     b.daemon.wait_log("unloaded (idle for 1 s)")
