@@ -4,6 +4,7 @@ scheduler, event bus and the ``local`` provider the router uses."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from ..config.schema import Config
@@ -50,7 +51,7 @@ class LocalModels:
         self.monitor.reconfigure(cfg.vram)
         self.scheduler.cfg = cfg
         self.launcher.backends = cfg.backends
-        self.provider.cfg = LocalProvider(self.scheduler, self.registry, cfg.local.route_priority).cfg
+        self.provider.cfg = replace(self.provider.cfg, priority=cfg.local.route_priority)
 
     async def stop(self, grace: float) -> None:
         await self.scheduler.stop()
