@@ -34,15 +34,17 @@ class KeyRow:
 
 _COLUMNS = ("id, key_sha256, owner, allowed_models, created_at, last_used_at, revoked, revoked_at, "
             "rpm, tpm, max_budget, budget_period, dlp_mode, strategy")
+_PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(", ")))
 
 
 def _row(r: tuple) -> KeyRow:  # type: ignore[type-arg]
-    return KeyRow(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], bool(r[6]), r[7], r[8], r[9], r[10], r[11], r[12], r[13])
+    # The columns after ``revoked`` are stored as they are; a new one needs no edit here.
+    return KeyRow(*r[:3], tuple(json.loads(r[3])), r[4], r[5], bool(r[6]), *r[7:])
 
 
 def insert(conn: sqlite3.Connection, row: KeyRow) -> None:
     conn.execute(
-        f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO api_keys ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
         (row.id, row.key_sha256, row.owner, json.dumps(list(row.allowed_models)), row.created_at,
          row.last_used_at, int(row.revoked), row.revoked_at, row.rpm, row.tpm, row.max_budget,
          row.budget_period, row.dlp_mode, row.strategy),
