@@ -19,24 +19,16 @@ import argparse
 import asyncio
 import json
 import signal
-import ssl
 import sys
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
+from .lean_upstream import server_context
+
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 UPSTREAM_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-
-
-def server_context(cert_dir: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert_dir / "server.crt"), str(cert_dir / "server.key"))
-    ctx.load_verify_locations(cafile=str(cert_dir / "ca.crt"))
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
 
 
 def make_app(upstream: str, max_connections: int) -> web.Application:
