@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from securellm_bridge._pb import models_pb2, models_pb2_grpc
@@ -163,29 +163,29 @@ def scan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _follow(stream: Iterable[models_pb2.LoadProgress], as_json: bool) -> None:
-    shown = display(as_json)
-    try:
-        with stream_errors():
-            for progress in stream:
-                shown.show(progress)
-    except KeyboardInterrupt:
-        shown.close()
-        print("securellmctl: stopped following; the daemon goes on loading", file=sys.stderr)
-        raise
-    finally:
-        shown.close()
+def _follow(args: argparse.Namespace,
+            start: Callable[[models_pb2_grpc.ModelsStub], Iterator[models_pb2.LoadProgress]]) -> int:
+    """Show the progress stream that ``start`` opens; no deadline: the daemon's load timeout bounds it."""
+    with Client(args.socket, args.timeout) as c:
+        stream = start(_stub(c))
+        shown = display(args.json)
+        try:
+            with stream_errors():
+                for progress in stream:
+                    shown.show(progress)
+        except KeyboardInterrupt:
+            shown.close()
+            print("securellmctl: stopped following; the daemon goes on loading", file=sys.stderr)
+            raise
+        finally:
+            shown.close()
+            stream.cancel()  # type: ignore[attr-defined]
+    return EXIT_OK
 
 
 def load(args: argparse.Namespace) -> int:
     req = models_pb2.LoadModelRequest(name=args.name, gpu_layers=args.gpu_layers, ctx=args.ctx)
-    with Client(args.socket, args.timeout) as c:
-        stream = _stub(c).Load(req)  # no deadline: the daemon's load timeout bounds it
-        try:
-            _follow(stream, args.json)
-        finally:
-            stream.cancel()
-    return EXIT_OK
+    return _follow(args, lambda stub: stub.Load(req))
 
 
 def unload(args: argparse.Namespace) -> int:
@@ -200,10 +200,4 @@ def unload(args: argparse.Namespace) -> int:
 
 def switch(args: argparse.Namespace) -> int:
     req = models_pb2.SwitchModelRequest(from_model=args.from_model, to_model=args.to_model)
-    with Client(args.socket, args.timeout) as c:
-        stream = _stub(c).Switch(req)
-        try:
-            _follow(stream, args.json)
-        finally:
-            stream.cancel()
-    return EXIT_OK
+    return _follow(args, lambda stub: stub.Switch(req))
