@@ -8,8 +8,10 @@ migrated to the latest schema version on open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -36,21 +38,29 @@ def _open(path: Path) -> sqlite3.Connection:
     return conn
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, kind: str = "") -> Iterator[None]:
+    """``BEGIN [kind]`` ... ``COMMIT``, or ``ROLLBACK`` and re-raise (the connection is in
+    autocommit mode, so every multi-statement write says where its transaction ends)."""
+    conn.execute(f"BEGIN {kind}".rstrip())
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > len(MIGRATIONS):
         raise StateError(
             f"database schema version {version} is newer than this daemon knows ({len(MIGRATIONS)})")
     for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn, "IMMEDIATE"):
             for statement in _statements(sql):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
 
 def _statements(script: str) -> list[str]:

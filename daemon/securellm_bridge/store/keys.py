@@ -6,6 +6,8 @@ import json
 import sqlite3
 from dataclasses import dataclass
 
+from .db import transaction
+
 
 @dataclass(frozen=True)
 class KeyRow:
@@ -64,13 +66,8 @@ def revoke(conn: sqlite3.Connection, key_id: str, when: float) -> KeyRow | None:
 
 def touch_many(conn: sqlite3.Connection, last_used: dict[str, float]) -> None:
     """Write a batch of last-used timestamps in one transaction."""
-    conn.execute("BEGIN")
-    try:
+    with transaction(conn):
         conn.executemany(
             "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
             [(t, key_id) for key_id, t in last_used.items()],
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise

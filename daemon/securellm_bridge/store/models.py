@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from .db import transaction
+
 Status = Literal["ok", "missing", "corrupt"]
 
 
@@ -61,8 +63,7 @@ def apply(conn: sqlite3.Connection, upserts: Sequence[ModelRow], delete_ids: Seq
     others, in one transaction. Names may move between rows within the batch (the final
     names must be unique). Returns ``upserts`` with the ids of inserted rows filled in.
     """
-    conn.execute("BEGIN")
-    try:
+    with transaction(conn):
         conn.executemany("DELETE FROM models WHERE id = ?", [(i,) for i in delete_ids])
         updates = [r for r in upserts if r.id is not None]
         # Park the names being rewritten on placeholders (a NUL cannot start a real name),
@@ -75,8 +76,4 @@ def apply(conn: sqlite3.Connection, upserts: Sequence[ModelRow], delete_ids: Seq
                 cursor = conn.execute(f"INSERT INTO models ({_COLUMNS}) VALUES (NULL{', ?' * 14})", _values(row))
                 row = replace(row, id=cursor.lastrowid)
             out.append(row)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return out

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
+from .db import transaction
+
 
 @dataclass(frozen=True)
 class UsageRow:
@@ -37,15 +39,10 @@ _UPSERT = """
 
 def upsert_many(conn: sqlite3.Connection, rows: Sequence[UsageRow]) -> None:
     """Add ``rows`` to the running totals, all in one transaction."""
-    conn.execute("BEGIN")
-    try:
+    with transaction(conn):
         conn.executemany(_UPSERT, [
             (r.day.isoformat(), r.key_id or "", r.provider, r.model, r.requests, r.prompt_tokens,
              r.completion_tokens, r.cost) for r in rows])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def select(conn: sqlite3.Connection, key_id: str | None, since: date | None) -> list[UsageRow]:
