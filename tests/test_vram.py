@@ -16,7 +16,7 @@ import pytest
 from securellm_bridge.config import parse_text
 from securellm_bridge.config.local import VramConfig
 from securellm_bridge.errors import ConfigErrors, Unavailable
-from securellm_bridge.local.vram import MIB, CpuReader, MemoryMonitor, make_monitor
+from securellm_bridge.local.vram import MIB, CpuReader, MemoryMonitor
 
 from .daemon import ROOT
 
@@ -41,7 +41,7 @@ def test_without_a_driver_the_monitor_uses_system_ram() -> None:
     ballast_size = 64 * MIB
 
     async def go() -> None:
-        monitor = make_monitor(VramConfig())
+        monitor = MemoryMonitor(VramConfig())
         with pytest.raises(Unavailable, match="not taken a snapshot yet"):
             monitor.snapshot()
         dead = subprocess.Popen(["true"])
@@ -74,7 +74,7 @@ def test_without_a_driver_the_monitor_uses_system_ram() -> None:
 @pytest.mark.skipif(not nvml_library_present(), reason="needs an NVIDIA driver")
 def test_on_a_gpu_host_the_monitor_reads_nvml() -> None:
     async def go() -> None:
-        monitor = make_monitor(VramConfig())
+        monitor = MemoryMonitor(VramConfig())
         try:
             snap = await monitor.refresh()
         finally:
@@ -100,7 +100,7 @@ def test_cpu_reader_parses_proc(tmp_path: Path) -> None:
 
 def test_simulated_gpu_reports_what_is_registered() -> None:
     async def go() -> None:
-        monitor = make_monitor(VramConfig(simulate_total_mib=8192))
+        monitor = MemoryMonitor(VramConfig(simulate_total_mib=8192))
         try:
             empty = await monitor.refresh()
             assert (empty.mode, empty.total_bytes, empty.used_bytes, empty.free_bytes) == \
@@ -134,7 +134,7 @@ def test_simulated_gpu_reports_what_is_registered() -> None:
 
 def test_polling_keeps_the_snapshot_current() -> None:
     async def go() -> None:
-        monitor = make_monitor(VramConfig(simulate_total_mib=1024, polling_interval_seconds=0.01))
+        monitor = MemoryMonitor(VramConfig(simulate_total_mib=1024, polling_interval_seconds=0.01))
         monitor.start()
         try:
             monitor.register("model", 100 * MIB)
@@ -243,10 +243,10 @@ PROBE = textwrap.dedent("""
     import asyncio, dataclasses, json, sys
     from securellm_bridge.config.local import VramConfig
     from securellm_bridge.errors import Unavailable
-    from securellm_bridge.local.vram import make_monitor
+    from securellm_bridge.local.vram import MemoryMonitor
 
     async def go():
-        monitor = make_monitor(VramConfig())
+        monitor = MemoryMonitor(VramConfig())
         first = await monitor.refresh()
         try:
             await monitor.refresh()

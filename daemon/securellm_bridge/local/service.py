@@ -15,7 +15,7 @@ from .launcher import Launcher
 from .provider import LocalProvider
 from .registry import Registry
 from .scheduler import Scheduler
-from .vram import MemoryMonitor, make_monitor
+from .vram import MemoryMonitor
 
 log = logging.getLogger(__name__)
 CHILDREN_FILE = "children.json"
@@ -26,7 +26,7 @@ class LocalModels:
         self.cfg = cfg
         self.events = EventBus()
         self.registry = Registry(db, cfg.local)
-        self.monitor: MemoryMonitor = make_monitor(cfg.vram)
+        self.monitor = MemoryMonitor(cfg.vram)
         self.children = ChildRegistry(Path(cfg.state.dir) / CHILDREN_FILE)
         self.launcher = Launcher(cfg.backends, self.children, cfg.local.load_timeout_seconds)
         self.scheduler = Scheduler(self.registry, self.monitor, cfg, self.events, self.launcher)

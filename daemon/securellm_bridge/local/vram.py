@@ -156,7 +156,8 @@ def open_reader(cfg: VramConfig) -> MemoryReader:
 
 
 class MemoryMonitor:
-    """Polls a :class:`MemoryReader`; see the module docstring. ``make_monitor`` builds one."""
+    """Polls a :class:`MemoryReader`; see the module docstring. The reader (the mode) is chosen
+    at the first refresh, off the loop."""
 
     #: Keys that choose the mode: a reload that changes them needs a restart.
     RESTART_KEYS = ("vram.simulate_total_mib",)
@@ -243,11 +244,6 @@ class MemoryMonitor:
                     log.warning("memory monitor: %s; keeping the last snapshot", exc)
                 self._failing = True
             await asyncio.sleep(self._cfg.polling_interval_seconds)
-
-
-def make_monitor(cfg: VramConfig) -> MemoryMonitor:
-    """The monitor for ``[vram]``; its mode is chosen at the first refresh (off the loop)."""
-    return MemoryMonitor(cfg)
 
 
 def _meminfo(path: str) -> dict[str, int]:
