@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 from . import checks
@@ -12,8 +12,7 @@ from .secrets import Secret
 
 ProviderKind = Literal["openai", "deepseek", "anthropic", "ollama"]
 Strategy = Literal["local-first", "cloud-first", "cost-optimized", "latency-optimized", "round-robin", "priority"]
-STRATEGIES: tuple[Strategy, ...] = ("local-first", "cloud-first", "cost-optimized", "latency-optimized",
-                                    "round-robin", "priority")
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 #: Base URLs used when ``base_url`` is not set.
 DEFAULT_BASE_URLS: dict[str, str] = {
