@@ -25,6 +25,14 @@ def local_models(rt: "Runtime") -> "LocalModels":
     return rt.local
 
 
+def latest_snapshot(local: "LocalModels") -> "MemorySnapshot | None":
+    """The monitor's latest snapshot; None before the first one."""
+    try:
+        return local.monitor.snapshot()
+    except Unavailable:
+        return None
+
+
 def status(entry: "ModelEntry", slot: "Slot | None") -> str:
     if slot is not None:
         return "loaded"

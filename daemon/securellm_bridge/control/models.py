@@ -14,25 +14,17 @@ from typing import TYPE_CHECKING, AsyncGenerator, AsyncIterator
 import grpc
 
 from .._pb import models_pb2, models_pb2_grpc
-from ..errors import Conflict, InvalidRequest, NotFound, Unavailable
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..local.views import MIB
-from .local_convert import local_model, local_models
+from .local_convert import latest_snapshot, local_model, local_models
 
 if TYPE_CHECKING:
     from ..local.registry import ModelEntry
     from ..local.scheduler import Slot
     from ..local.service import LocalModels
-    from ..local.vram import MemorySnapshot
     from ..runtime import Runtime
 
 SOURCE = "control"
-
-
-def _snapshot(local: "LocalModels") -> "MemorySnapshot | None":
-    try:
-        return local.monitor.snapshot()
-    except Unavailable:
-        return None
 
 
 def _entry(local: "LocalModels", name: str) -> "ModelEntry":
@@ -57,7 +49,7 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         self._rt = runtime
 
     def _view(self, local: "LocalModels", entry: "ModelEntry", *, metadata: bool = False) -> models_pb2.LocalModel:
-        return local_model(entry, local.scheduler.slots.get(entry.name), _snapshot(local), metadata=metadata)
+        return local_model(entry, local.scheduler.slots.get(entry.name), latest_snapshot(local), metadata=metadata)
 
     async def List(self, request: models_pb2.ListModelsRequest,
                    context: grpc.aio.ServicerContext) -> models_pb2.ListModelsResponse:

@@ -12,9 +12,9 @@ import grpc
 from .. import __version__
 from .. import config as config_mod
 from .._pb import system_pb2, system_pb2_grpc
-from ..errors import BridgeError, ConfigErrors, InvalidRequest
+from ..errors import ConfigErrors, InvalidRequest
 from .convert import timestamp
-from .local_convert import local_models, vram_report
+from .local_convert import latest_snapshot, local_models, vram_report
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -68,11 +68,6 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
 
 
 def _memory(rt: "Runtime") -> dict[str, str]:
-    if rt.local is None:
-        return {}
-    try:
-        snap = rt.local.monitor.snapshot()
-    except BridgeError:  # not measured yet
-        return {}
-    return {"memory_mode": snap.mode, "memory_reason": snap.reason}
+    snap = latest_snapshot(rt.local) if rt.local is not None else None
+    return {} if snap is None else {"memory_mode": snap.mode, "memory_reason": snap.reason}
 

@@ -186,8 +186,7 @@ class Scheduler:
             for cb in job.progress:
                 cb(stage, detail, percent)
 
-        await self.monitor.refresh()
-        snap = self.monitor.snapshot()
+        snap = await self.monitor.refresh()
         vram = self.cfg.vram
         headroom = vram.headroom_mib * MIB
         cap = int(snap.total_bytes * vram.threshold_percent / 100)
