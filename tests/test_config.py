@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from securellm_bridge.config import DEFAULT_PATH, load, parse_text, resolve_path
+from securellm_bridge.config import DEFAULT_PATH, Config, load, parse_text, resolve_path
 from securellm_bridge.config.binder import Binder
 from securellm_bridge.config.secrets import Secret, SecretResolutionError, resolve_secret
 from securellm_bridge.errors import ConfigErrors
@@ -165,3 +165,19 @@ def test_binder_secret_errors_name_key_not_value(tmp_path: Path) -> None:
     b2 = Binder("/etc/c.toml", env={}, resolve_secrets=False)
     bound = b2.bind(_WithSecret, {"api_key": "${UNSET}"}, "p")
     assert bound is not None and bound.api_key.source == "env" and not b2.errors
+
+
+def test_reload_changes_inside_named_tables_are_reported_per_key() -> None:
+    # The reload rebuilds the router when a "providers." key changes: a change to a provider
+    # (a [providers.NAME] table inside a dict) must come out under that prefix.
+    from securellm_bridge.runtime import changed_keys
+
+    def cfg(extra: str) -> Config:
+        return parse_text(PLAIN + extra, "config.toml", env={}, resolve_secrets=False)
+
+    one = cfg('[providers.p]\nkind = "openai"\nmodels = ["m"]\n')
+    assert changed_keys(one, cfg('[providers.p]\nkind = "openai"\nmodels = ["m", "n"]\n')) == ["providers.p.models"]
+    assert changed_keys(one, one) == []
+    added = changed_keys(cfg(""), one)
+    assert added and all(k.startswith("providers.p.") for k in added)
+    assert changed_keys(cfg('[router.aliases]\nfast = ["m"]\n'), cfg("")) == ["router.aliases"]

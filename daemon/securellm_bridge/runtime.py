@@ -59,6 +59,11 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
         key = f"{prefix}{toml_name(f)}"
         if dataclasses.is_dataclass(value) and not isinstance(value, Secret):  # a Secret is one key
             out.update(_flatten(value, key + "."))
+        elif isinstance(value, dict) and all(dataclasses.is_dataclass(v) for v in value.values()):
+            # A table of tables ([providers.NAME], [local.models.NAME]): one key per setting,
+            # so that a change is reported (and acted on) as "providers.NAME.KEY".
+            for name, item in value.items():
+                out.update(_flatten(item, f"{key}.{name}."))
         else:
             out[key] = value
     return out
