@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +59,3 @@ def llama_servers(parent: int | None = None) -> dict[str, int]:
         if b"--alias" in argv:
             found[argv[argv.index(b"--alias") + 1].decode()] = int(entry.name)
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X") and os.path.exists(f"/proc/{pid}")

@@ -13,8 +13,10 @@ from typing import Any, Callable
 
 import pytest
 
+from securellm_bridge.local.backends.children import is_alive
+
 from .bridge import Bridge, chat, start_bridge
-from .local_models import alive, llama_servers, local_config, write_models
+from .local_models import llama_servers, local_config, write_models
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +74,7 @@ def test_keep_alive_unloads_idle_model(make_daemon: Callable[..., Any], tmp_path
     assert b.post("/v1/chat/completions", chat("tiny-a", max_tokens=4)).status_code == 200
     pid = llama_servers(b.daemon.proc.pid)["tiny-a"]  # type: ignore[union-attr]  # before it idles out
     assert b.post("/v1/chat/completions", chat("tiny-b", max_tokens=4)).status_code == 200
-    _wait(lambda: not alive(pid))
+    _wait(lambda: not is_alive(pid))
     assert _loaded(b) == {"tiny-b"}  # keep_alive 0: never unloaded for idleness
     b.daemon.wait_log("unloaded (idle for 1 s)")
 
@@ -134,7 +136,7 @@ def test_sigkill_of_the_daemon_leaves_no_llama_server(make_daemon: Callable[...,
     assert len(pids) == 2
     b.daemon.proc.kill()  # type: ignore[union-attr]
     b.daemon.proc.wait()  # type: ignore[union-attr]
-    _wait(lambda: not any(alive(p) for p in pids), timeout=10)
+    _wait(lambda: not any(is_alive(p) for p in pids), timeout=10)
 
 
 def _with_cloud(make_daemon: Callable[..., Any], tmp_path: Path, up: Any, aliases: dict[str, list[str]],
