@@ -259,8 +259,10 @@ async def _stop_while_streaming(backend: LlamaCppBackend) -> None:
 @pytest.mark.slow
 async def test_stop_while_streaming_escalates_and_reaps(tmp_path: Path) -> None:
     """llama-server, stopped during a stream, usually lingers after the first SIGTERM until a
-    second one (exit 1); about one time in three it exits at once (status 0) instead. Every
-    stop must be one of the two and reaped; within a few tries one must need the second."""
+    second one (exit 1); about one time in three it exits at once (status 0) instead. Its
+    second-signal handler calls exit(1) while its threads still run, which now and then ends in
+    std::terminate instead (SIGABRT, -6; seen once in a fresh-clone CI run). Every stop must be one of
+    these and reaped; within a few tries one must need the second signal."""
     # Big enough to still be generating when the stop comes (about 100 tokens/s on 2 cores).
     model = write_tiny_llama(tmp_path / "mid.gguf", n_layer=4, n_embd=256, n_ff=512, n_ctx=4096)
     backend = _backend(tmp_path, model, ctx=4096)
@@ -271,10 +273,10 @@ async def test_stop_while_streaming_escalates_and_reaps(tmp_path: Path) -> None:
         assert exited is not None and backend.state is State.STOPPED
         assert not Path(f"/proc/{exited.pid}").exists()
         outcomes.append((exited.signals, exited.returncode))
-        assert outcomes[-1] in {(("SIGTERM",), 0), (("SIGTERM", "SIGTERM"), 1)}
+        assert outcomes[-1] in {(("SIGTERM",), 0), (("SIGTERM", "SIGTERM"), 1), (("SIGTERM", "SIGTERM"), -6)}
         if exited.signals == ("SIGTERM", "SIGTERM"):
             break
-    assert outcomes[-1] == (("SIGTERM", "SIGTERM"), 1), outcomes
+    assert outcomes[-1][0] == ("SIGTERM", "SIGTERM"), outcomes
 
 
 HELPER = textwrap.dedent("""
