@@ -12,7 +12,8 @@ from securellm_bridge.audit.chain import GENESIS, canonical, key_id, link
 from securellm_bridge.audit.events import EVENTS, request_priority
 from securellm_bridge.audit.reader import Entry
 from securellm_bridge.audit.record import (_SECRET_RE, CHAIN, MASK, RequestAudit, build, check_fields, format_value,
-                                           mask_secrets, might_hold_secret, request_row, request_values)
+                                           mask_secrets, might_hold_secret, request_row)
+from securellm_bridge.audit.request_record import render_request
 from securellm_bridge.audit.verify import verify, verify_merged
 
 KEY = b"k" * 32
@@ -47,8 +48,8 @@ def test_canonical_form_is_sorted_compact_json_of_covered_fields() -> None:
 def test_record_fields_and_formats() -> None:
     rec = RequestAudit("r1", "/v1/chat/completions", 503, 12.25, key_id="key_1", cost_usd=0.0000015, cache_hit=True,
                        prompt="not asked for")
-    fields = build(EVENTS["request"], request_values(request_row(rec, with_prompt=False, with_response=False)),
-                   seq=7, when=0.5, priority=request_priority(503))
+    fields, _ = render_request(request_row(rec, with_prompt=False, with_response=False), seq=7, when=0.5,
+                               priority=request_priority(503))
     assert fields["SECURELLM_SEQ"] == "7" and fields["SECURELLM_EVENT"] == "request"
     assert fields["SECURELLM_TIME"] == "1970-01-01T00:00:00.500000Z"
     assert fields["PRIORITY"] == "4" and fields["MESSAGE_ID"] == EVENTS["request"].message_id
@@ -63,9 +64,8 @@ def test_record_fields_and_formats() -> None:
 
 def test_request_prompt_only_when_asked_and_hidden_from_repr() -> None:
     rec = RequestAudit("r1", "/v1/chat/completions", 200, 1.0, prompt="my prompt", response="the answer")
-    values = request_values(request_row(rec, with_prompt=True, with_response=False))
-    assert values["prompt"] == "my prompt" and values["response"] is None  # None: left out by build
-    assert "SECURELLM_RESPONSE" not in build(EVENTS["request"], values, seq=1, when=0.0, priority=6)
+    fields, _ = render_request(request_row(rec, with_prompt=True, with_response=False), seq=1, when=0.0, priority=6)
+    assert fields["SECURELLM_PROMPT"] == "my prompt" and "SECURELLM_RESPONSE" not in fields
     assert "my prompt" not in repr(rec) and "the answer" not in repr(rec)
 
 

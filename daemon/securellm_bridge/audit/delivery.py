@@ -22,7 +22,8 @@ from .chain import canonical_text, key_id, link_canonical
 from .events import EVENTS
 from .journald import JournalSink, JournalUnavailable
 from .pipe import Record
-from .record import CHAIN, request_values
+from .record import CHAIN
+from .request_record import render_request
 from .sinks import FileSink, to_line
 from .state import ChainState, StateFile
 
@@ -98,10 +99,11 @@ class Delivery:
         lines: list[str] = []
         for name, values, when, priority in batch:
             seq += 1
-            if name == "request":
-                values = request_values(values)
-            fields = build(events[name], values, seq=seq, when=when, priority=priority)
-            text = canonical_text(fields)
+            if name == "request":  # most records: rendered from a plan made once
+                fields, text = render_request(values, seq=seq, when=when, priority=priority)
+            else:
+                fields = build(events[name], values, seq=seq, when=when, priority=priority)
+                text = canonical_text(fields)
             chain = link_canonical(key, chain, text.encode("utf-8"))
             fields[CHAIN] = chain
             records.append(fields)

@@ -77,14 +77,10 @@ def request_row(rec: RequestAudit, *, with_prompt: bool, with_response: bool) ->
     """``rec``'s values in ``REQUEST_ROW`` order; prompt and response are None unless asked for.
 
     This flat tuple is what the daemon sends to its audit writer process: one C call on the
-    event loop, instead of a dict built per request (``request_values`` builds it there).
+    event loop, instead of a dict built per request (``request_record.render_request``
+    renders it there).
     """
     return (*_row_head(rec), rec.prompt if with_prompt else None, rec.response if with_response else None)
-
-
-def request_values(row: Sequence[FieldValue]) -> dict[str, FieldValue]:
-    """The fields of a request row; a None value (e.g. an unasked prompt) is left out by ``build``."""
-    return dict(zip(REQUEST_ROW, row))
 
 
 def _size(text: str | None) -> str:
