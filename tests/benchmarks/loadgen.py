@@ -26,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from .procfs import cpu_seconds
+
 perf = time.perf_counter
 
 
@@ -172,20 +174,6 @@ def is_completion(body: bytes) -> bool:
 
 def is_stream(body: bytes) -> bool:
     return body.startswith(b"data: {") and body.endswith(b"data: [DONE]\n\n")
-
-
-# ---------------------------------------------------------------------------- CPU accounting
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (with its reaped children excluded)."""
-    if pid == os.getpid():
-        return time.process_time()
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 @dataclass
