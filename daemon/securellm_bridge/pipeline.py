@@ -134,8 +134,7 @@ class Pipeline:
         if audit_cfg.log_requests:
             ex.prompt = json.dumps(body.get("messages") or body.get("prompt") or body.get("input"))
         strategy = self._strategy(request, cfg, principal)
-        max_out = max_tokens(body) or 256
-        candidates = router.candidates(model, ex.route, strategy, est, max_out)
+        candidates = router.candidates(model, ex.route, strategy, est, max_tokens(body))
         stream = bool(body.get("stream"))
         call = Call(ex.request_id, ex.route, model, body, passthrough, stream, include_usage(body), int(time.time()))
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator
+from typing import Any, Iterator
 
 from ..config.providers import ProviderConfig
 from ..errors import UpstreamError
 from .anthropic_translate import (AnthropicStreamTranslator, anthropic_error_to_openai, anthropic_to_chat,
                                   chat_to_anthropic)
-from .base import Call, Reply, UpstreamFailure
+from .base import Call, Reply
 from .client import Response, UpstreamClient
-from .http import TRANSPORT_ERRORS, json_object, make_client, malformed, post, read, transport_failure, usage_from
-from .openai_shapes import TokenUsage
-from .sse import SSE_DONE, SSEParser, encode_json_sse
+from .http import json_object, make_client, malformed, post, read, usage_from
+from .sse import SSEParser
+from .translated import Translate, TranslatedStream, stream_failure
 
 API_VERSION = "2023-06-01"
 
@@ -56,43 +56,25 @@ class AnthropicProvider:
             raise malformed(self.name, "a malformed Messages response") from None
         return Reply(200, json.dumps(out).encode(), usage_from(out["usage"]))
 
-    async def open_stream(self, call: Call) -> "AnthropicStream":
+    async def open_stream(self, call: Call) -> TranslatedStream:
         resp = await self._post(call, stream=True)
         translator = AnthropicStreamTranslator(call.body.get("model", call.model), call.created, call.request_id,
                                                call.include_usage)
-        return AnthropicStream(self.name, resp, translator)
+        return TranslatedStream(self.name, resp, translator, _translate_sse(self.name, translator), "message_stop")
 
 
-class AnthropicStream:
-    def __init__(self, provider: str, resp: Response, translator: AnthropicStreamTranslator) -> None:
-        self._provider = provider
-        self._resp = resp
-        self._tr = translator
-        self.usage = TokenUsage()
+def _translate_sse(provider: str, translator: AnthropicStreamTranslator) -> Translate:
+    """Anthropic's SSE events, each fed to the translator as it is parsed."""
+    parser = SSEParser()
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        parser = SSEParser()
-        try:
-            async for chunk in self._resp.iter_any():
-                out = []
-                for event in parser.feed(chunk):
-                    try:
-                        chunks = self._tr.feed(event.event, json.loads(event.data))
-                    except ValueError:
-                        raise malformed(self._provider, "malformed JSON in a stream event") from None
-                    except UpstreamError as exc:  # an `event: error` from the upstream
-                        raise UpstreamFailure(f"{self._provider}: {exc.message}", retryable=True) from None
-                    out.extend(encode_json_sse(c) for c in chunks)
-                self.usage = self._tr.usage
-                if self._tr.finished:
-                    out.append(SSE_DONE)
-                if out:
-                    yield b"".join(out)
-                if self._tr.finished:
-                    return
-        except TRANSPORT_ERRORS as exc:
-            raise transport_failure(self._provider, exc) from None
-        raise UpstreamFailure(f"{self._provider}: upstream stream ended before message_stop", retryable=True)
+    def translate(chunk: bytes) -> Iterator[dict[str, Any]]:
+        for event in parser.feed(chunk):
+            try:
+                chunks = translator.feed(event.event, json.loads(event.data))
+            except ValueError:
+                raise malformed(provider, "malformed JSON in a stream event") from None
+            except UpstreamError as exc:  # an `event: error` from the upstream
+                raise stream_failure(provider, exc) from None
+            yield from chunks
 
-    async def aclose(self) -> None:
-        self._resp.release()  # reuses the connection only if the body was read to its end
+    return translate

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator
+from typing import Any, Iterator
 
 from ..config.providers import ProviderConfig
 from ..errors import UpstreamError
-from .base import Call, Reply, UpstreamFailure
+from .base import Call, Reply
 from .client import Response, UpstreamClient
-from .http import TRANSPORT_ERRORS, json_object, make_client, malformed, post, read, transport_failure, usage_from
+from .http import json_object, make_client, malformed, post, read, usage_from
 from .ollama_translate import (OllamaStreamTranslator, chat_to_ollama, embeddings_to_ollama, ollama_error_to_openai,
                                ollama_to_chat, ollama_to_embeddings)
-from .openai_shapes import TokenUsage
-from .sse import SSE_DONE, NDJSONParser, encode_json_sse
+from .sse import NDJSONParser
+from .translated import Translate, TranslatedStream, stream_failure
 
 
 class OllamaProvider:
@@ -61,39 +61,22 @@ class OllamaProvider:
             raise malformed(self.name, exc.message) from None
         return Reply(200, json.dumps(out).encode(), usage_from(out["usage"]))
 
-    async def open_stream(self, call: Call) -> "OllamaStream":
+    async def open_stream(self, call: Call) -> TranslatedStream:
         resp = await self._post("/api/chat", chat_to_ollama({**call.body, "model": call.model, "stream": True}))
         tr = OllamaStreamTranslator(call.body.get("model", call.model), call.created, call.request_id,
                                     call.include_usage)
-        return OllamaStream(self.name, resp, tr)
+        return TranslatedStream(self.name, resp, tr, _translate_ndjson(self.name, tr), "done")
 
 
-class OllamaStream:
-    def __init__(self, provider: str, resp: Response, translator: OllamaStreamTranslator) -> None:
-        self._provider = provider
-        self._resp = resp
-        self._tr = translator
-        self.usage = TokenUsage()
+def _translate_ndjson(provider: str, translator: OllamaStreamTranslator) -> Translate:
+    """Ollama's NDJSON objects, each fed to the translator in turn."""
+    parser = NDJSONParser()
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        parser = NDJSONParser()
+    def translate(chunk: bytes) -> Iterator[dict[str, Any]]:
         try:
-            async for chunk in self._resp.iter_any():
-                try:
-                    objs = parser.feed(chunk)
-                    out = [encode_json_sse(c) for obj in objs for c in self._tr.feed(obj)]
-                except UpstreamError as exc:
-                    raise UpstreamFailure(f"{self._provider}: {exc.message}", retryable=True) from None
-                self.usage = self._tr.usage
-                if self._tr.finished:
-                    out.append(SSE_DONE)
-                if out:
-                    yield b"".join(out)
-                if self._tr.finished:
-                    return
-        except TRANSPORT_ERRORS as exc:
-            raise transport_failure(self._provider, exc) from None
-        raise UpstreamFailure(f"{self._provider}: upstream stream ended before done", retryable=True)
+            for obj in parser.feed(chunk):
+                yield from translator.feed(obj)
+        except UpstreamError as exc:
+            raise stream_failure(provider, exc) from None
 
-    async def aclose(self) -> None:
-        self._resp.release()  # reuses the connection only if the body was read to its end
+    return translate
