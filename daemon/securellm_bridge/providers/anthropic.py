@@ -12,7 +12,7 @@ from .anthropic_translate import (AnthropicStreamTranslator, anthropic_error_to_
 from .base import Call, Reply
 from .client import Response, UpstreamClient
 from .http import json_object, make_client, malformed, post, read, usage_from
-from .sse import SSEParser
+from .sse import SSEParser, json_data
 from .translated import Translate, TranslatedStream, stream_failure
 
 API_VERSION = "2023-06-01"
@@ -68,13 +68,13 @@ def _translate_sse(provider: str, translator: AnthropicStreamTranslator) -> Tran
     parser = SSEParser()
 
     def translate(chunk: bytes) -> Iterator[dict[str, Any]]:
-        for event in parser.feed(chunk):
-            try:
-                chunks = translator.feed(event.event, json.loads(event.data))
-            except ValueError:
-                raise malformed(provider, "malformed JSON in a stream event") from None
-            except UpstreamError as exc:  # an `event: error` from the upstream
-                raise stream_failure(provider, exc) from None
-            yield from chunks
+        # Each UpstreamError (an over-long event, data that is not a JSON object, an
+        # `event: error` from the upstream) ends the stream with a retryable failure.
+        try:
+            for event in parser.feed(chunk):
+                chunks = translator.feed(event.event, json_data(event.data))
+                yield from chunks
+        except UpstreamError as exc:
+            raise stream_failure(provider, exc) from None
 
     return translate
