@@ -125,8 +125,11 @@ def test_load_switch_unload_vram_and_audit(make_daemon: Callable[..., Any], tmp_
 
     out = _ok(b, "models", "load", "tiny-a").splitlines()  # stdout is a pipe: plain lines
     assert out[:3] == ["tiny-a: queued", "tiny-a: starting (gpu_layers=2 ctx=256)", "tiny-a: loading"], out
+    # llama-server's own load stages, from its log
+    assert out[3:-1] == ["tiny-a: tensors (loading the weights)", "tiny-a: context (allocating the context and "
+                         "KV cache)", "tiny-a: warmup (a warm-up pass)", "tiny-a: loaded (finishing start-up)"]
     pid = _children(b)["tiny-a"]
-    assert out[3].startswith(f"tiny-a ready: pid {pid}, 2 GPU layers, ctx 256, ") and len(out) == 4
+    assert out[-1].startswith(f"tiny-a ready: pid {pid}, 2 GPU layers, ctx 256, ")
 
     after = _json(b, "vram")
     assert int(after["used_bytes"]) == need
@@ -140,7 +143,8 @@ def test_load_switch_unload_vram_and_audit(make_daemon: Callable[..., Any], tmp_
     assert health.json()["processes"] == [{"pid": None, "owner": "tiny-a", "used_bytes": need, "model": "tiny-a"}]
 
     lines = [json.loads(x) for x in _ok(b, "models", "load", "tiny-b", "--json").splitlines()]
-    assert [x["stage"] for x in lines] == ["queued", "starting", "loading", "ready"]
+    assert [x["stage"] for x in lines] == ["queued", "starting", "loading", "tensors", "context", "warmup", "loaded",
+                                          "ready"]
     assert lines[-1]["percent"] == 100 and lines[-1]["loaded"]["status"] == "loaded"
     assert lines[-1]["loaded"]["loaded"]["pid"] == _children(b)["tiny-b"]
     again = [json.loads(x) for x in _ok(b, "models", "load", "tiny-b", "--json").splitlines()]

@@ -16,7 +16,7 @@ from ..providers.client import Response
 from ..providers.http import openai_error_to_openai, post
 from ..providers.ollama import OllamaProvider
 from ..providers.openai import PATHS, OpenAIProvider
-from .backends.llamacpp import LlamaCppBackend
+from .backends.llamacpp import LlamaCppBackend, LoadProgress
 from .backends.ollama import OllamaServer
 from .backends.states import ProcessEvent
 
@@ -68,6 +68,10 @@ class LlamaInstance:
 
     def on_event(self, callback: Callable[[ProcessEvent], None]) -> Callable[[], None]:
         return self.backend.on_event(callback)
+
+    def on_progress(self, callback: Callable[[LoadProgress], None]) -> Callable[[], None]:
+        """llama-server's load stages, read from its log."""
+        return self.backend.on_progress(callback)
 
     async def start(self) -> None:
         await self.backend.start()

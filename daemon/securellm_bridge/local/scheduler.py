@@ -210,12 +210,19 @@ class Scheduler:
         report("starting", f"gpu_layers={gpu_layers} ctx={ctx}")
         instance = self._launch(entry, gpu_layers, ctx)
         self.monitor.register(job.name, need)
+        # llama-server logs the stages of a load; they go to whoever waits for it (models load).
+        listen = getattr(instance, "on_progress", None)
+        unlisten = listen(lambda p: report(p.stage, p.detail) if p.stage != "loading" else None) \
+            if listen is not None else None
         try:
             report("loading")
             await instance.start()
         except BaseException:
             self.monitor.unregister(job.name)
             raise
+        finally:
+            if unlisten is not None:
+                unlisten()
         now = time.monotonic()
         slot = Slot(job.name, instance, need, gpu_layers, ctx, entry.priority, entry.pinned, entry.keep_alive, now, now)
         self.slots[job.name] = slot

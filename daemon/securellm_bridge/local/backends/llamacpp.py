@@ -46,6 +46,10 @@ _BIND_FAILED = "couldn't bind HTTP server socket"
 _STAGES = (("loading model '", "loading"), ("loading model tensors", "tensors"),
            ("constructing llama_context", "context"), ("warming up the model", "warmup"),
            ("model loaded", "loaded"))
+#: What each stage does, as ``securellmctl models load`` shows it.
+STAGE_DETAILS = {"tensors": "loading the weights",
+                 "context": "allocating the context and KV cache", "warmup": "a warm-up pass",
+                 "loaded": "finishing start-up"}
 #: Options the backend sets itself; ``extra_args`` may not repeat or override them.
 MANAGED_OPTIONS = frozenset({
     "-m", "--model", "--host", "--port", "-a", "--alias", "-c", "--ctx-size", "-ngl",
@@ -85,6 +89,11 @@ class LoadProgress:
     name: str
     stage: str  # loading, tensors, context, warmup, loaded
     line: str
+
+    @property
+    def detail(self) -> str:
+        """What the stage does, as ``securellmctl models load`` shows it."""
+        return STAGE_DETAILS.get(self.stage, "")
 
 
 def _bind_failed(tail: Sequence[str]) -> bool:
