@@ -110,9 +110,7 @@ def _key(args: argparse.Namespace) -> bytes:
             return chainkey.read_key_file(args.key_file)
         path = config_mod.resolve_path(args.config)
         cfg = config_mod.load(path).config
-        if cfg.security.audit.chain_key is not None:
-            return cfg.security.audit.chain_key.reveal().encode("utf-8")
-        return chainkey.read_key_file(chainkey.key_path(cfg.state.dir))
+        return chainkey.load(cfg.security.audit, cfg.state.dir)
     except ConfigErrors as exc:
         raise CtlError(f"cannot find the chain key in the config (or pass --key-file):\n{exc}") from None
     except BridgeError as exc:

@@ -22,20 +22,27 @@ def key_path(state_dir: str) -> Path:
     return Path(state_dir) / KEY_FILE
 
 
-def load_or_create(cfg: AuditConfig, state_dir: str) -> bytes:
-    """The key the daemon chains with; generates ``audit.key`` on first use."""
+def load(cfg: AuditConfig, state_dir: str) -> bytes:
+    """The key the daemon chains with, without creating one (``audit verify``)."""
     if cfg.chain_key is not None:
         return cfg.chain_key.reveal().encode("utf-8")
-    path = key_path(state_dir)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return read_key_file(path)
-    except OSError as exc:
-        raise StateError(f"cannot create audit chain key {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
-    return read_key_file(path)
+    return read_key_file(key_path(state_dir))
+
+
+def load_or_create(cfg: AuditConfig, state_dir: str) -> bytes:
+    """The key the daemon chains with; generates ``audit.key`` on first use."""
+    if cfg.chain_key is None:
+        path = key_path(state_dir)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StateError(f"cannot create audit chain key {path}: {exc.strerror}") from None
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+    return load(cfg, state_dir)
 
 
 def read_key_file(path: Path) -> bytes:
