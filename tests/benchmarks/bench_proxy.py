@@ -31,9 +31,12 @@ and measures, with ``loadgen`` (raw asyncio protocol over mTLS, keep-alive):
   writer process (``securellm_bridge.audit.child``) is reported beside it: its RSS, its CPU per
   request, and the PSS of the two processes together (shared pages counted once).
 
-Every scenario runs ``--repeats`` times, interleaved (direct, bare, bridge, direct, ...), so that
-noise from other work on the machine hits them alike. Throughput is the median over repeats
-(min-max shown); latency percentiles are over the samples of all repeats pooled (per-repeat
+Every scenario runs ``--repeats`` times, interleaved (direct, bare, bridge, direct, ..., with the
+proxies' order flipped every other repeat), so that noise from other work on the machine hits
+them alike. Throughput is the median over repeats (min-max shown); the throughput bar is judged
+on the median of each repeat's bridge / bare ratio (the two runs of a repeat are seconds apart,
+while a shared host's speed drifts by 30 % between repeats), and the ratio of the medians is
+shown beside it; latency percentiles are over the samples of all repeats pooled (per-repeat
 p50s shown). The CPU share of each process during the saturated runs shows who the bottleneck
 is, and CPU time per request is steadier than req/s on a shared machine. ``--profile DIR``
 also records the bare proxy and the bridge under saturated load, with ``perf`` (CPU cycles by

@@ -31,6 +31,15 @@ class Results:
     def rps(self, target: str, stream: bool) -> float:
         return statistics.median(r.rps for r in self.sat[(target, stream)])
 
+    def paired_ratio(self, target: str, stream: bool) -> float:
+        """Median over the repeats of ``target``'s req/s / the bare proxy's in the same repeat.
+
+        The two runs of a repeat are seconds apart, so slow drifts of a shared host (which
+        move a target's req/s by 30 % or more between repeats) cancel out of each ratio; the
+        ratio of the medians mixes runs from different repeats."""
+        return statistics.median(a.rps / b.rps for a, b in zip(self.sat[(target, stream)],
+                                                                 self.sat[("bare", stream)]))
+
     def cpu_us(self, target: str, stream: bool, process: str) -> float:
         """Median CPU time of ``process`` per request served, in microseconds."""
         return statistics.median(r.cpu[process] / r.rps * 1e6 for r in self.sat[(target, stream)])
@@ -67,10 +76,13 @@ async def measure(stack: Stack, args: argparse.Namespace) -> Results:
     proxies = ["bare", *stack.bridges]
     res.rss_idle = {name: rss_mb(stack.pids[name])[0] for name in proxies}
     await smoke(stack)
-    sat_order = [("direct", False), ("direct-mtls", False), *((p, False) for p in proxies),
-                 ("direct", True), *((p, True) for p in proxies)]
     paced_order = [(t, s) for s in (False, True) for t in ("direct", *proxies)]
     for rep in range(args.repeats):
+        # The proxies' order flips every repeat (bare, bridge, ... then ..., bridge, bare), so
+        # that a host getting busier or quieter during a run favours neither.
+        turn = proxies if rep % 2 == 0 else proxies[::-1]
+        sat_order = [("direct", False), ("direct-mtls", False), *((p, False) for p in turn),
+                     ("direct", True), *((p, True) for p in turn)]
         for name, stream in sat_order:
             t = stack.targets[name]
             r = await loadgen.saturate(t, t.request(PATH, body(stream)), validator(stream),
