@@ -26,26 +26,24 @@ from .record import (EVENT, IDENTIFIER, PREFIX, REQUEST_ROW, SEQ, TIME, FieldVal
 _EVENT = EVENTS["request"]
 _WIDTH = len(REQUEST_ROW)
 
-# The values of a record, by position: the row's fields rendered, then the writer's own.
-_MESSAGE, _SEQ, _TIME, _PRIORITY = range(_WIDTH, _WIDTH + 4)
+# The values ``render_request`` lists, in this order: the row's fields rendered, the fields the
+# writer computes, then the constant ones.
 _NAMES = [PREFIX + name.upper() for name in REQUEST_ROW] + ["MESSAGE", SEQ, TIME, "PRIORITY"]
-# Constant fields are added to every record as they are.
 _CONSTANT = {"MESSAGE_ID": _EVENT.message_id, "SYSLOG_IDENTIFIER": IDENTIFIER, EVENT: _EVENT.name}
+_encode = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def _order() -> tuple[tuple[str, ...], tuple[str, ...], Callable[[Sequence[str | None]], tuple[str | None, ...]]]:
     """The journald names in canonical (sorted) order, each one's ``"NAME":`` JSON prefix, and
     a getter that picks the values of a record in that order (constants included)."""
-    names = sorted(_NAMES + list(_CONSTANT))
-    encode = json.encoder.encode_basestring  # type: ignore[attr-defined]
-    # Constants go at the end of the value list, in the order of ``_CONSTANT``.
-    position = {name: i for i, name in enumerate(_NAMES + list(_CONSTANT))}
-    return tuple(names), tuple(encode(n) + ":" for n in names), itemgetter(*(position[n] for n in names))
+    listed = _NAMES + list(_CONSTANT)
+    names = sorted(listed)
+    position = {name: i for i, name in enumerate(listed)}
+    return tuple(names), tuple(_encode(n) + ":" for n in names), itemgetter(*(position[n] for n in names))
 
 
 _SORTED, _KEYS, _in_order = _order()
 _CONSTANT_VALUES = list(_CONSTANT.values())
-_encode = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def _summary() -> tuple[str, Callable[[Sequence[str | None]], tuple[str | None, ...]]]:
@@ -68,7 +66,8 @@ _TEMPLATE, _summary_values = _summary()
 
 def render_request(row: Sequence[FieldValue], *, seq: int, when: float, priority: int) -> tuple[dict[str, str], str]:
     """The journald fields of a request record (without ``SECURELLM_CHAIN``) and their
-    canonical text: ``record.build`` + ``chain.canonical_text`` of ``request_values(row)``."""
+    canonical text: what ``record.build`` + ``chain.canonical_text`` give for the row's fields
+    by name (``dict(zip(REQUEST_ROW, row))``)."""
     if len(row) != _WIDTH:
         raise ValueError(f"a request row has {_WIDTH} values, got {len(row)}")
     # What record.build does per value, inline: a call per value would cost more than the test.
