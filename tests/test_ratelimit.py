@@ -11,7 +11,7 @@ from securellm_bridge.security.ratelimit import (
     PRUNE_INTERVAL_S,
     RateLimiter,
     effective_burst,
-    estimate_tokens,
+    estimate_prompt_tokens,
 )
 from securellm_bridge.store.keys import KeyRow
 
@@ -247,17 +247,15 @@ def test_idle_key_buckets_are_pruned_but_not_while_a_reservation_is_open() -> No
     assert rl.tracked_keys() == 0
 
 
-def test_estimate_tokens() -> None:
+def test_estimate_prompt_tokens() -> None:
     body = {"model": "m", "max_tokens": 100, "messages": [
         {"role": "system", "content": "x" * 40},
         {"role": "user", "content": [{"type": "text", "text": "y" * 41}, {"type": "image_url", "image_url": {}}]},
         {"role": "assistant", "content": None},
         "garbage",
     ]}
-    assert estimate_tokens(body) == 21 + 100  # ceil(81 / 4) + max_tokens
-    assert estimate_tokens({"prompt": ["abcd", "efgh"], "max_completion_tokens": 5}) == 7
-    assert estimate_tokens({"input": "abc"}) == 1
-    assert estimate_tokens({"max_completion_tokens": 7, "max_tokens": 100}) == 7  # as openai_shapes.max_tokens
-    assert estimate_tokens({"max_completion_tokens": None, "max_tokens": 100}) == 100
-    assert estimate_tokens({"messages": "nope", "max_tokens": True}) == 0
-    assert estimate_tokens({}) == 0
+    assert estimate_prompt_tokens(body) == 21  # ceil(81 / 4); the output limit is not prompt
+    assert estimate_prompt_tokens({"prompt": ["abcd", "efgh"], "max_completion_tokens": 5}) == 2
+    assert estimate_prompt_tokens({"input": "abc", "system": "abcdef"}) == 3
+    assert estimate_prompt_tokens({"messages": "nope"}) == 0
+    assert estimate_prompt_tokens({}) == 0

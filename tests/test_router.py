@@ -8,7 +8,7 @@ from securellm_bridge.config.providers import ModelCost, ProviderConfig, RouterC
 from securellm_bridge.providers.openai_shapes import max_tokens
 from securellm_bridge.providers.registry import build
 from securellm_bridge.router.router import Router
-from securellm_bridge.security.ratelimit import estimate_tokens
+from securellm_bridge.security.ratelimit import estimate_prompt_tokens
 
 
 def _router(prices: dict[str, tuple[float, float]]) -> Router:
@@ -20,8 +20,8 @@ def _router(prices: dict[str, tuple[float, float]]) -> Router:
 
 
 def _cost_order(router: Router, body: dict[str, Any]) -> list[str]:
-    # As the pipeline calls it: the rate limits' whole estimate and the client's output limit.
-    found = router.candidates("m", "chat", "cost-optimized", estimate_tokens(body), max_tokens(body))
+    # As the pipeline calls it: the prompt's estimate and the client's output limit.
+    found = router.candidates("m", "chat", "cost-optimized", estimate_prompt_tokens(body), max_tokens(body))
     return [c.provider.name for c in found]
 
 
@@ -32,7 +32,7 @@ def test_cost_optimized_counts_the_output_once_at_the_output_price() -> None:
     # 12010 against 1001*1 + 1000*5 = 6001, the wrong way round.
     router = _router({"cheap-in": (1.0, 5.0), "cheap-out": (10.0, 2.0)})
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}
-    assert estimate_tokens(body) == 1 + 1000  # what the rate limits reserve: prompt and output
+    assert estimate_prompt_tokens(body) == 1
     assert _cost_order(router, body) == ["cheap-out", "cheap-in"]
     body = {**body, "max_completion_tokens": 1000, "max_tokens": None}
     assert _cost_order(router, body) == ["cheap-out", "cheap-in"]

@@ -33,7 +33,7 @@ from .providers.sse import SSE_DONE
 from .router.pricing import cost
 from .router.router import Candidate, Outcome, Router
 from .security import dlp, injection
-from .security.ratelimit import Reservation, estimate_tokens
+from .security.ratelimit import Reservation, estimate_prompt_tokens
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -121,7 +121,9 @@ class Pipeline:
             if not self.rt.usage.is_primed(principal.key):
                 await self.rt.usage.prime(principal.key)  # once per key and budget period
             self.rt.usage.check_budget(principal.key)
-        est = estimate_tokens(body)
+        max_out = max_tokens(body)
+        est_prompt = estimate_prompt_tokens(body)
+        est = est_prompt + (max_out or 0)  # what the rate limits reserve, corrected by the usage later
         reservation = self.rt.limiter.admit(principal.key, est)
         passthrough: bytes | None = raw
         try:
@@ -134,7 +136,7 @@ class Pipeline:
         if audit_cfg.log_requests:
             ex.prompt = json.dumps(body.get("messages") or body.get("prompt") or body.get("input"))
         strategy = self._strategy(request, cfg, principal)
-        candidates = router.candidates(model, ex.route, strategy, est, max_tokens(body))
+        candidates = router.candidates(model, ex.route, strategy, est_prompt, max_out)
         stream = bool(body.get("stream"))
         call = Call(ex.request_id, ex.route, model, body, passthrough, stream, include_usage(body), int(time.time()))
 

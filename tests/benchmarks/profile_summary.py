@@ -48,7 +48,7 @@ STAGES: list[Stage] = [
     Stage("  validate: parse JSON + check", ("securellm_bridge/api/validate.py",)),
     Stage("  authenticate + authorize (key hash, cert subject)", ("authenticate (securellm_bridge",
                                                                   "authorize (securellm_bridge")),
-    Stage("  estimate_tokens", ("estimate_tokens ",)),
+    Stage("  estimate_prompt_tokens", ("estimate_prompt_tokens ",)),
     Stage("  rate limits (RateLimiter, Reservation)", ("securellm_bridge/security/ratelimit.py",)),
     Stage("  budget check / usage record", ("securellm_bridge/usage.py",)),
     Stage("  router bookkeeping (candidates, order, breaker, stats)", ("securellm_bridge/router/",),

@@ -119,12 +119,10 @@ class Router:
             found.append(self._local_candidate(model))
         return found
 
-    def candidates(self, model: str, route: str, strategy: Strategy, est_tokens: int,
+    def candidates(self, model: str, route: str, strategy: Strategy, est_prompt: int,
                    max_out: int | None) -> list[Candidate]:
-        """``est_tokens`` is the request's whole estimate, as the rate limits reserve it
-        (:func:`~..security.ratelimit.estimate_tokens`: the prompt plus ``max_out``, the
-        client's output limit); pricing takes the prompt part and the output apart, so that
-        the output is counted once, at the output price."""
+        """``est_prompt``: the prompt's estimated tokens; ``max_out``: the client's output
+        limit, None when it set none (cost-optimized then expects ``EXPECTED_OUTPUT_TOKENS``)."""
         found = [c for c in self._lookup(model) if route in c.provider.routes]
         if not found:
             if self.knows(model):
@@ -132,8 +130,7 @@ class Router:
                                param="model")
             raise NotFound(f"the model {model!r} does not exist or is not configured", code="model_not_found",
                            param="model")
-        return order(found, strategy, est_tokens - (max_out or 0), max_out or EXPECTED_OUTPUT_TOKENS,
-                     next(self._rr))
+        return order(found, strategy, est_prompt, max_out or EXPECTED_OUTPUT_TOKENS, next(self._rr))
 
     async def run(self, candidates: list[Candidate], attempt: Callable[[Candidate], Awaitable[T]],
                   admit_provider: AdmitProvider, est_tokens: int) -> tuple[T, Outcome]:

@@ -6,7 +6,7 @@ least 1); *tokens* refills at ``tpm`` per minute and holds one minute's worth. A
 means no bucket at all.
 
 A request is admitted only when every bucket that applies has room; nothing is taken
-otherwise. Its token cost is an estimate (:func:`estimate_tokens`); a request estimated at
+otherwise. Its token cost is an estimate (:func:`estimate_prompt_tokens` plus the output limit); a request estimated at
 more than a bucket holds is admitted once that bucket is full, and the bucket goes into
 debt. :meth:`Reservation.settle` later corrects the token buckets to the upstream's real
 usage (a refund, or a further charge that may also leave a debt).
@@ -31,7 +31,7 @@ Clock = Callable[[], float]
 
 #: How often (in clock seconds) idle key buckets are looked for.
 PRUNE_INTERVAL_S = 60.0
-#: Characters per token in :func:`estimate_tokens`.
+#: Characters per token in :func:`estimate_prompt_tokens`.
 CHARS_PER_TOKEN = 4
 
 
@@ -289,10 +289,10 @@ def _limited(scope: str, what: str, wait: float) -> RateLimited:
                        retry_after=wait)
 
 
-def estimate_tokens(body: Mapping[str, Any]) -> int:
-    """A rough token count for a chat/completions/embeddings request: characters / 4 of its
-    text (messages, prompt, input, system) plus ``max_completion_tokens`` (else the legacy
-    ``max_tokens``), as :func:`~..providers.openai_shapes.max_tokens` reads it. Malformed parts count 0."""
+def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """A rough token count of a chat/completions/embeddings request's text: characters / 4 of
+    its messages, prompt, input and system. Malformed parts count 0. A request's whole estimate
+    adds the client's output limit (:func:`~..providers.openai_shapes.max_tokens`)."""
     chars = 0
     messages = body.get("messages")
     if isinstance(messages, list):
@@ -301,9 +301,7 @@ def estimate_tokens(body: Mapping[str, Any]) -> int:
                 chars += _text_chars(message.get("content"))
     for field in ("prompt", "input", "system"):
         chars += _text_chars(body.get(field))
-    out = body.get("max_completion_tokens") or body.get("max_tokens")
-    out_tokens = out if isinstance(out, int) and not isinstance(out, bool) and out > 0 else 0
-    return -(-chars // CHARS_PER_TOKEN) + out_tokens
+    return -(-chars // CHARS_PER_TOKEN)
 
 
 def _text_chars(value: object) -> int:
