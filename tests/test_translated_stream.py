@@ -3,8 +3,6 @@ what the upstream gets wrong ends the stream with a retryable, provider-named fa
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from aiohttp import web
 
@@ -25,6 +23,7 @@ _TEXT = (b'event: content_block_start\ndata: {"type":"content_block_start","inde
 _END = (b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
         b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
         b'"usage":{"output_tokens":1}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
+
 
 async def _stream(kind: str, path: str, body: bytes) -> list[bytes]:
     """Everything the provider's stream yields for an upstream that answers ``body``."""
@@ -53,9 +52,11 @@ async def _stream(kind: str, path: str, body: bytes) -> list[bytes]:
         finally:
             await provider.close()
 
+
 async def test_a_whole_anthropic_stream_ends_with_done() -> None:
     out = b"".join(await _stream("anthropic", "/v1/messages", _START + _TEXT + _END))
     assert b'"content":"Hi"' in out and out.endswith(b"data: [DONE]\n\n")
+
 
 @pytest.mark.parametrize("bad, message", [
     (b"event: content_block_delta\ndata: 5\n\n", "up: upstream sent an SSE event data that is not a JSON object"),
@@ -67,7 +68,8 @@ async def test_a_whole_anthropic_stream_ends_with_done() -> None:
 async def test_what_an_anthropic_upstream_gets_wrong_is_a_retryable_failure(bad: bytes, message: str) -> None:
     with pytest.raises(UpstreamFailure) as caught:
         await _stream("anthropic", "/v1/messages", _START + _TEXT + bad + _END)
-    assert caught.value.retryable and str(caught.value.message).startswith(message)
+    assert caught.value.retryable and caught.value.message.startswith(message)
+
 
 @pytest.mark.parametrize("bad", [b"5\n", b'{"model": \n', b'{"error":"model crashed"}\n'])
 async def test_what_an_ollama_upstream_gets_wrong_is_a_retryable_failure(bad: bytes) -> None:
@@ -76,9 +78,8 @@ async def test_what_an_ollama_upstream_gets_wrong_is_a_retryable_failure(bad: by
         await _stream("ollama", "/api/chat", first + bad)
     assert caught.value.retryable and caught.value.message.startswith("up: ")
 
+
 async def test_an_anthropic_stream_cut_short_is_a_retryable_failure() -> None:
     with pytest.raises(UpstreamFailure, match="ended before message_stop") as caught:
         await _stream("anthropic", "/v1/messages", _START + _TEXT)
     assert caught.value.retryable
-
-def _unused(_: Any) -> None: ...

@@ -27,6 +27,7 @@ from .eviction import Resident, plan
 
 if TYPE_CHECKING:
     from ..config.schema import Config
+    from .backends.llamacpp import LoadProgress
     from .registry import ModelEntry, Registry
     from .vram import MemoryMonitor
 
@@ -210,10 +211,14 @@ class Scheduler:
         report("starting", f"gpu_layers={gpu_layers} ctx={ctx}")
         instance = self._launch(entry, gpu_layers, ctx)
         self.monitor.register(job.name, need)
-        # llama-server logs the stages of a load; they go to whoever waits for it (models load).
+        # llama-server logs the stages of its load (Ollama has none); they go to whoever waits
+        # for it (models load). Its first, "loading", is the one reported just below.
+        def staged(p: "LoadProgress") -> None:
+            if p.stage != "loading":
+                report(p.stage, p.detail)
+
         listen = getattr(instance, "on_progress", None)
-        unlisten = listen(lambda p: report(p.stage, p.detail) if p.stage != "loading" else None) \
-            if listen is not None else None
+        unlisten = listen(staged) if listen is not None else None
         try:
             report("loading")
             await instance.start()

@@ -72,8 +72,7 @@ def _translate_sse(provider: str, translator: AnthropicStreamTranslator) -> Tran
         # `event: error` from the upstream) ends the stream with a retryable failure.
         try:
             for event in parser.feed(chunk):
-                chunks = translator.feed(event.event, json_data(event.data))
-                yield from chunks
+                yield from translator.feed(event.event, json_data(event.data))
         except UpstreamError as exc:
             raise stream_failure(provider, exc) from None
 
